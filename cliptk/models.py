@@ -1,0 +1,389 @@
+"""Load CLIP-style models on top of open_clip's factory, with the CLIP-ReIdent options.
+
+``load_model(name, pretrained)`` returns a :class:`ClipModel`: an ``nn.Module`` holding the open_clip
+model (or only its image tower), its inference preprocessing (letterbox resize by default, as
+CLIP-ReIdent does for tall player crops) and its tokenizer. Names are open_clip's own
+(``"ViT-L-14"``, ``"RN50"``, ...) plus cliptk's tiny configs registered through open_clip's config
+mechanism (``cliptk/model_configs/*.json``):
+
+* ``cliptk-tiny``   — ViT, 96×48 px, patch 8, width 128, 4 layers, 2-layer text tower; bundled
+  weights pre-trained on synthetic-player captions (tag ``"synthetic-players"``);
+* ``cliptk-tiny-rn`` — a tiny ModifiedResNet tower (128 px), for ResNet code paths;
+* ``cliptk-micro``  — the smallest thing that runs, for tests.
+
+``pretrained`` is ``None`` (random init), an open_clip tag (``"openai"``, ``"laion2b_s34b_b79k"``,
+...), cliptk's bundled tag, or a local file (an open_clip ``.pt``/``.bin`` checkpoint or a cliptk
+``.safetensors`` file). Weights that are not available offline raise
+:class:`WeightsNotAvailableError`, which says how to supply a local file.
+"""
+from __future__ import annotations
+
+import json
+import os
+from pathlib import Path
+from typing import Sequence
+
+import open_clip
+import torch
+import torch.nn.functional as F
+from safetensors.torch import load_file, save_file
+from torch import nn
+
+__all__ = [
+    "ClipModel",
+    "load_model",
+    "save_model",
+    "WeightsNotAvailableError",
+    "freeze",
+    "list_models",
+    "DEFAULT_MODEL",
+    "DEFAULT_PRETRAINED",
+    "BUNDLED",
+    "data_dir",
+]
+
+_CONFIG_DIR = Path(__file__).parent / "model_configs"
+open_clip.add_model_config(_CONFIG_DIR)
+
+DEFAULT_MODEL = "cliptk-tiny"
+DEFAULT_PRETRAINED = "synthetic-players"
+
+
+def data_dir() -> Path:
+    """The project's ``data/`` folder (override with ``CLIPTK_DATA``)."""
+    return Path(os.environ.get("CLIPTK_DATA", Path(__file__).resolve().parents[1] / "data"))
+
+
+#: cliptk's own pretrained tags: (model name, tag) -> file under ``data/``.
+BUNDLED: dict[tuple[str, str], str] = {
+    ("cliptk-tiny", "synthetic-players"): "models/cliptk-tiny-synthetic-players.safetensors",
+}
+
+
+class WeightsNotAvailableError(FileNotFoundError):
+    """Pretrained weights cannot be found offline; the message says how to provide them."""
+
+
+class _ImageOnly(nn.Module):
+    """The image tower and logit scale of a CLIP model, with CLIP's ``encode_image`` interface.
+
+    Kept as a module with the same attribute names as open_clip's ``CLIP`` so that state-dict keys
+    (``clip.visual.*``, ``clip.logit_scale``) match between image-only and full models."""
+
+    def __init__(self, visual: nn.Module, logit_scale: nn.Parameter):
+        super().__init__()
+        self.visual = visual
+        self.logit_scale = logit_scale
+
+    def encode_image(self, image: torch.Tensor, normalize: bool = False) -> torch.Tensor:
+        features = self.visual(image)
+        return F.normalize(features, dim=-1) if normalize else features
+
+    def lock_image_tower(self, unlocked_groups: int = 0, freeze_bn_stats: bool = False) -> None:
+        self.visual.lock(unlocked_groups=unlocked_groups, freeze_bn_stats=freeze_bn_stats)
+
+    def set_grad_checkpointing(self, enable: bool = True) -> None:
+        self.visual.set_grad_checkpointing(enable)
+
+
+class ClipModel(nn.Module):
+    """A CLIP model (or its image tower) with its preprocessing and tokenizer.
+
+    Attributes:
+        clip: the open_clip model (``CLIP``/``CustomTextCLIP``) or an image-only wrapper.
+        preprocess: PIL image -> normalised ``[3, H, W]`` tensor (inference; letterbox by default).
+        tokenizer: ``list[str] -> LongTensor[N, context_length]`` (None for image-only models).
+        name, pretrained: what was loaded, for reprs, caches and checkpoints.
+        image_size: ``(H, W)`` the tower expects.
+        mean, std: normalisation constants of ``preprocess``.
+
+    ``model(images)`` is ``encode_image(images)``: L2-normalised ``[B, D]`` embeddings.
+    """
+
+    def __init__(self, clip: nn.Module, preprocess, tokenizer, *, name: str, pretrained: str | None,
+                 image_only: bool, projection: bool, resize: str):
+        super().__init__()
+        self.clip = clip
+        self.preprocess = preprocess
+        self.tokenizer = tokenizer
+        self.name = name
+        self.pretrained = pretrained
+        self.image_only = image_only
+        self.projection = projection
+        self.resize = resize
+        size = self.visual.image_size
+        self.image_size: tuple[int, int] = tuple(size) if isinstance(size, (tuple, list)) else (size, size)
+        norm = next(t for t in preprocess.transforms if type(t).__name__ == "Normalize")
+        self.mean, self.std = tuple(norm.mean), tuple(norm.std)
+
+    @property
+    def visual(self) -> nn.Module:
+        return self.clip.visual
+
+    @property
+    def logit_scale(self) -> nn.Parameter:
+        return self.clip.logit_scale
+
+    @property
+    def device(self) -> torch.device:
+        return next(self.parameters()).device
+
+    @property
+    def dtype(self) -> torch.dtype:
+        return next(self.visual.parameters()).dtype
+
+    @property
+    def embed_dim(self) -> int:
+        with torch.no_grad():
+            x = torch.zeros(1, 3, *self.image_size, device=self.device, dtype=self.dtype)
+            return int(self.encode_image(x).shape[-1])
+
+    @property
+    def tower_type(self) -> str:
+        """``"vit"`` or ``"resnet"`` (other towers: the class name, lower-cased)."""
+        cls = type(self.visual).__name__
+        return {"VisionTransformer": "vit", "ModifiedResNet": "resnet"}.get(cls, cls.lower())
+
+    def encode_image(self, images: torch.Tensor, normalize: bool = True) -> torch.Tensor:
+        """``[B, 3, H, W]`` preprocessed images -> ``[B, D]`` embeddings (L2-normalised by default)."""
+        return self.clip.encode_image(images, normalize=normalize)
+
+    def encode_text(self, texts: Sequence[str] | torch.Tensor, normalize: bool = True) -> torch.Tensor:
+        """Strings (tokenised here) or token ids -> ``[N, D]`` text embeddings.
+
+        Raises:
+            RuntimeError: the model was loaded with ``image_only=True``.
+        """
+        if self.image_only:
+            raise RuntimeError(f"{self.name} was loaded with image_only=True: it has no text tower; "
+                               "load it again with image_only=False for text probes")
+        if not isinstance(texts, torch.Tensor):
+            texts = self.tokenizer(list(texts))
+        return self.clip.encode_text(texts.to(self.device), normalize=normalize)
+
+    def forward(self, images: torch.Tensor) -> torch.Tensor:
+        return self.encode_image(images)
+
+    def set_grad_checkpointing(self, enable: bool = True) -> None:
+        """Trade compute for memory in the towers (open_clip's gradient checkpointing)."""
+        self.clip.set_grad_checkpointing(enable)
+
+    def fingerprint(self) -> str:
+        """A short hash of the weights and preprocessing (used by the embedding cache)."""
+        import hashlib
+
+        h = hashlib.blake2b(digest_size=12)
+        h.update(repr((self.name, self.image_size, self.mean, self.std, self.resize)).encode())
+        for k, v in sorted(self.state_dict().items()):
+            h.update(k.encode())
+            h.update(v.detach().to("cpu", torch.float32).contiguous().numpy().tobytes())
+        return h.hexdigest()
+
+    def extra_repr(self) -> str:
+        return (f"name={self.name!r}, pretrained={self.pretrained!r}, image_size={self.image_size}, "
+                f"image_only={self.image_only}, projection={self.projection}, resize={self.resize!r}")
+
+
+def list_models() -> list[str]:
+    """All architecture names open_clip knows, cliptk's tiny ones included."""
+    return open_clip.list_models()
+
+
+def _is_file(pretrained: str | os.PathLike | None) -> bool:
+    return pretrained is not None and (Path(pretrained).suffix in (".safetensors", ".pt", ".bin", ".pth")
+                                       or os.sep in str(pretrained))
+
+
+def _missing_weights(name: str, tag: str, err: Exception | None) -> WeightsNotAvailableError:
+    cfg = open_clip.get_pretrained_cfg(name, tag)
+    where = cfg.get("hf_hub") or cfg.get("url") or "(see open_clip.list_pretrained())"
+    why = f" ({type(err).__name__}: {str(err).splitlines()[0][:200]})" if err else ""
+    return WeightsNotAvailableError(
+        f"weights for model {name!r} with pretrained tag {tag!r} are not available on this machine{why}. "
+        f"Either (1) on a machine with internet run\n"
+        f"    python -c \"import open_clip; open_clip.create_model('{name}', pretrained='{tag}')\"\n"
+        f"and copy its cache (~/.cache/huggingface/hub, or the folder set by HF_HOME) to this machine; or "
+        f"(2) download the checkpoint from {where} and pass its path: "
+        f"load_model('{name}', pretrained='/path/to/open_clip_pytorch_model.bin'). "
+        f"Offline, cliptk's bundled model works out of the box: load_model('{DEFAULT_MODEL}', '{DEFAULT_PRETRAINED}').")
+
+
+def _weights_reachable(name: str, tag: str, cache_dir: str | None, timeout: float = 3.0) -> bool:
+    """True when the weights are in the local hub cache or the hub answers within ``timeout`` s.
+
+    Without this check an offline machine spends about a minute in huggingface_hub's retries
+    before failing; with it the user gets the how-to-fix message at once."""
+    import socket
+    from urllib.parse import urlparse
+
+    cfg = open_clip.get_pretrained_cfg(name, tag)
+    hub = cfg.get("hf_hub", "")
+    if hub:
+        from huggingface_hub import constants, try_to_load_from_cache
+
+        repo = hub.rstrip("/")
+        for fname in ("open_clip_model.safetensors", "open_clip_pytorch_model.bin"):
+            if isinstance(try_to_load_from_cache(repo, fname, cache_dir=cache_dir), str):
+                return True
+        if constants.HF_HUB_OFFLINE:
+            return False
+        host = urlparse(constants.ENDPOINT).hostname or "huggingface.co"
+    else:
+        url = cfg.get("url", "")
+        cached = Path(cache_dir or Path.home() / ".cache" / "clip") / Path(urlparse(url).path).name
+        if url and cached.is_file():
+            return True
+        host = urlparse(url).hostname or ""
+    try:
+        socket.create_connection((host, 443), timeout=timeout).close()
+        return True
+    except OSError:
+        return False
+
+
+def _create(name: str, pretrained: str | None, resize: str, device, precision: str, cache_dir):
+    """open_clip model + eval transform, with offline-friendly errors."""
+    kwargs = dict(image_resize_mode=resize, device=device, precision=precision, cache_dir=cache_dir)
+    if name not in open_clip.list_models() and not name.startswith(("hf-hub:", "local-dir:")):
+        raise ValueError(f"unknown model {name!r}; choose one of cliptk.list_models() "
+                         f"(e.g. {DEFAULT_MODEL!r}, 'ViT-B-16', 'ViT-L-14')")
+    if pretrained is None or (name, pretrained) in BUNDLED or str(pretrained).endswith(".safetensors"):
+        model, _, preprocess = open_clip.create_model_and_transforms(name, pretrained=None, **kwargs)
+        return model, preprocess
+    if _is_file(pretrained):
+        if not Path(pretrained).is_file():
+            raise WeightsNotAvailableError(f"checkpoint file not found: {pretrained} (model {name!r})")
+        model, _, preprocess = open_clip.create_model_and_transforms(name, pretrained=str(pretrained), **kwargs)
+        return model, preprocess
+    tags = open_clip.list_pretrained_tags_by_model(name)
+    if pretrained not in tags:
+        bundled = [t for (n, t) in BUNDLED if n == name]
+        raise ValueError(f"model {name!r} has no pretrained tag {pretrained!r}; known tags: {tags + bundled or 'none'}"
+                         "; or pass a local checkpoint path, or None for random init")
+    if not _weights_reachable(name, pretrained, cache_dir):
+        raise _missing_weights(name, pretrained, None)
+    try:
+        model, _, preprocess = open_clip.create_model_and_transforms(name, pretrained=pretrained, **kwargs)
+    except Exception as err:  # hub/HTTP/offline errors come in many types; all mean "not here"
+        raise _missing_weights(name, pretrained, err) from err
+    return model, preprocess
+
+
+def load_model(name: str = DEFAULT_MODEL, pretrained: str | os.PathLike | None = DEFAULT_PRETRAINED, *,
+               device: str | torch.device = "cpu", image_only: bool = False, projection: bool = True,
+               resize: str = "letterbox", precision: str = "fp32", cache_dir: str | None = None) -> ClipModel:
+    """Load a CLIP model with its preprocessing and tokenizer.
+
+    Args:
+        name: an open_clip architecture (``"ViT-L-14"``) or a cliptk tiny config (``"cliptk-tiny"``).
+        pretrained: ``None`` (random init), an open_clip tag (``"openai"``), cliptk's bundled tag
+            (``"synthetic-players"`` for ``cliptk-tiny``), or a local checkpoint file. The default
+            loads the bundled tiny model; for other names pass a tag or ``None`` explicitly.
+        device: where to put the model.
+        image_only: drop the text tower (CLIP-ReIdent fine-tunes the image tower only).
+        projection: keep the image tower's output projection; ``False`` removes it (CLIP-ReIdent),
+            so embeddings are the tower's width (ViT towers only).
+        resize: ``"letterbox"`` (keep aspect ratio, pad; CLIP-ReIdent), ``"squash"`` or ``"crop"``.
+        precision: ``"fp32"`` (default), ``"bf16"``, ``"fp16"`` (inference; training uses AMP instead).
+
+    Returns:
+        :class:`ClipModel` in eval mode.
+
+    Raises:
+        ValueError: unknown name or tag. WeightsNotAvailableError: weights not found offline.
+
+    Example:
+        >>> m = load_model("cliptk-micro", None)
+        >>> m.encode_image(torch.randn(2, 3, *m.image_size)).shape
+        torch.Size([2, 32])
+    """
+    modes = {"letterbox": "longest", "squash": "squash", "crop": "shortest"}
+    if resize not in modes:
+        raise ValueError(f"resize must be one of {list(modes)}, got {resize!r}")
+    if (name, DEFAULT_PRETRAINED) not in BUNDLED and pretrained == DEFAULT_PRETRAINED:
+        raise ValueError(f"{name!r} has no bundled {DEFAULT_PRETRAINED!r} weights: pass an open_clip tag "
+                         f"(one of {open_clip.list_pretrained_tags_by_model(name)}), a checkpoint path, or None")
+    model, preprocess = _create(name, pretrained, modes[resize], device, precision, cache_dir)
+    tokenizer = open_clip.get_tokenizer(name) if not image_only else None
+    if image_only:
+        model = _ImageOnly(model.visual, model.logit_scale)
+    wrapped = ClipModel(model, preprocess, tokenizer, name=name, pretrained=None if pretrained is None else str(pretrained),
+                        image_only=image_only, projection=True, resize=resize)
+    if pretrained is not None and ((name, str(pretrained)) in BUNDLED or str(pretrained).endswith(".safetensors")):
+        path = data_dir() / BUNDLED[(name, str(pretrained))] if (name, str(pretrained)) in BUNDLED else Path(pretrained)
+        if not path.is_file():
+            hint = ("it is made by `python scripts/pretrain_tiny_clip.py`" if (name, str(pretrained)) in BUNDLED
+                    else "check the path")
+            raise WeightsNotAvailableError(f"weights for {name!r} / {pretrained!r} not found at {path}: {hint}")
+        from safetensors import safe_open
+
+        with safe_open(str(path), framework="pt") as f:
+            saved_meta = f.metadata() or {}
+        if saved_meta.get("projection") == "False":
+            remove_projection(wrapped)
+        load_state(wrapped, load_file(str(path), device=str(device)), source=str(path))
+    if not projection and wrapped.projection:
+        remove_projection(wrapped)
+    return wrapped.to(device).eval()
+
+
+def remove_projection(model: ClipModel) -> ClipModel:
+    """Remove the image tower's output projection (CLIP-ReIdent uses the ViT's pooled width).
+
+    Raises:
+        NotImplementedError: the tower is not a ViT (a ResNet's attention pool has no separable projection).
+    """
+    if getattr(model.visual, "proj", None) is None and model.tower_type != "vit":
+        raise NotImplementedError(f"projection=False needs a ViT tower; {model.name} has {type(model.visual).__name__}")
+    model.visual.proj = None
+    model.projection = False
+    return model
+
+
+def load_state(model: ClipModel, state: dict[str, torch.Tensor], source: str = "state") -> None:
+    """Load a cliptk state dict, tolerating a missing text tower or projection (image-only use).
+
+    Raises:
+        RuntimeError: keys of the image tower are missing or shapes disagree (names the source).
+    """
+    own = model.state_dict()
+    usable = {k: v.to(own[k].dtype) for k, v in state.items() if k in own}
+    missing = [k for k in own if k not in usable]
+    bad_shape = [k for k in usable if usable[k].shape != own[k].shape]
+    if bad_shape or any(k.startswith("clip.visual.") for k in missing):
+        raise RuntimeError(f"{source} does not fit {model.name}: missing {missing[:5]}, shape mismatch {bad_shape[:5]}")
+    model.load_state_dict(usable, strict=False)
+
+
+def save_model(model: ClipModel, path: str | os.PathLike, metadata: dict | None = None) -> Path:
+    """Write the weights as safetensors atomically (temporary file + rename), with the model name
+    and options in the file's metadata so :func:`load_model` (``pretrained=path``) reads it back."""
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    meta = {"name": model.name, "image_only": str(model.image_only), "projection": str(model.projection),
+            "resize": model.resize, **{k: json.dumps(v) for k, v in (metadata or {}).items()}}
+    tmp = path.with_name(path.name + ".tmp")
+    state = {k: v.detach().contiguous().cpu() for k, v in model.state_dict().items()}
+    save_file(state, str(tmp), metadata=meta)
+    os.replace(tmp, path)
+    return path
+
+
+def freeze(model: ClipModel, text: bool = True, image: bool = False, unlocked_image_groups: int = 0,
+           logit_scale: bool = False) -> ClipModel:
+    """Freeze parts of a model (requires_grad=False) and return it.
+
+    Args:
+        text: freeze the text tower (LiT-style image fine-tuning).
+        image: freeze the image tower except its last ``unlocked_image_groups`` groups
+            (open_clip's ``lock``: groups are the ViT's blocks or the ResNet's stages).
+        logit_scale: freeze the learnable temperature.
+    """
+    if image:
+        model.visual.lock(unlocked_groups=unlocked_image_groups)
+    if text and not model.image_only:
+        for n, p in model.clip.named_parameters():
+            if not n.startswith("visual.") and n != "logit_scale":
+                p.requires_grad_(False)
+    model.logit_scale.requires_grad_(not logit_scale)
+    return model
