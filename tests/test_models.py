@@ -1,0 +1,131 @@
+"""Model loading: tiny configs, CLIP-ReIdent options, checkpoints and offline errors."""
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+
+import pytest
+import torch
+from PIL import Image
+
+import cliptk as ct
+from cliptk.models import _ImageOnly
+
+
+@pytest.fixture(scope="module")
+def micro():
+    torch.manual_seed(0)
+    return ct.load_model("cliptk-micro", None)
+
+
+def test_tiny_configs_registered_and_run():
+    assert {"cliptk-tiny", "cliptk-tiny-rn", "cliptk-micro"} <= set(ct.list_models())
+    for name, tower in (("cliptk-micro", "vit"), ("cliptk-tiny-rn", "resnet")):
+        m = ct.load_model(name, None)
+        x = torch.randn(2, 3, *m.image_size)
+        f = m.encode_image(x)
+        assert f.shape == (2, m.embed_dim) and m.tower_type == tower
+        assert torch.allclose(f.norm(dim=-1), torch.ones(2), atol=1e-5)
+        t = m.encode_text(["a photo of a player in a red jersey with number 7"])
+        assert t.shape == (1, m.embed_dim)
+
+
+def test_letterbox_keeps_aspect_ratio(micro):
+    # a wide white image letterboxed into a tall 32x16 frame: padded rows (black) above and below
+    img = Image.new("RGB", (64, 16), (255, 255, 255))
+    x = micro.preprocess(img)
+    assert x.shape == (3, 32, 16)
+    mean = torch.tensor(micro.mean)[:, None, None]
+    std = torch.tensor(micro.std)[:, None, None]
+    raw = x * std + mean
+    assert raw[:, 0].max() < 0.05 and raw[:, -1].max() < 0.05  # padding rows
+    assert raw[:, 16].min() > 0.9  # the image band in the middle
+    squash = ct.load_model("cliptk-micro", None, resize="squash").preprocess(img) * std + mean
+    assert squash.min() > 0.9  # no padding when squashing
+
+
+def test_image_only_and_projection_removed(micro):
+    m = ct.load_model("cliptk-micro", None, image_only=True, projection=False)
+    assert isinstance(m.clip, _ImageOnly) and m.tokenizer is None
+    assert m.embed_dim == m.visual.transformer.width  # the ViT's width, no projection
+    with pytest.raises(RuntimeError, match="image_only"):
+        m.encode_text(["x"])
+    with pytest.raises(NotImplementedError, match="ViT"):
+        ct.load_model("cliptk-tiny-rn", None, projection=False)
+
+
+def test_save_and_load_roundtrip(tmp_path, micro):
+    path = ct.save_model(micro, tmp_path / "m.safetensors")
+    again = ct.load_model("cliptk-micro", path)
+    x = torch.randn(3, 3, *micro.image_size)
+    assert torch.equal(micro.encode_image(x), again.encode_image(x))
+    # an image-only model loads from a full checkpoint (text keys ignored)
+    img_only = ct.load_model("cliptk-micro", path, image_only=True)
+    assert torch.equal(micro.encode_image(x), img_only.encode_image(x))
+    assert not list(tmp_path.glob("*.tmp"))
+
+
+def test_load_rejects_wrong_architecture(tmp_path, micro):
+    path = ct.save_model(micro, tmp_path / "m.safetensors")
+    with pytest.raises(RuntimeError, match="m.safetensors"):
+        ct.load_model("cliptk-tiny", path)
+
+
+def test_unknown_names_and_tags():
+    with pytest.raises(ValueError, match="unknown model 'nope'"):
+        ct.load_model("nope", None)
+    with pytest.raises(ValueError, match="no pretrained tag 'nope'.*openai"):
+        ct.load_model("ViT-B-32", "nope")
+    with pytest.raises(ValueError, match="no bundled"):
+        ct.load_model("ViT-B-32")
+    with pytest.raises(ct.WeightsNotAvailableError, match="not found.*ckpt.bin"):
+        ct.load_model("cliptk-micro", "/nonexistent/ckpt.bin")
+
+
+def test_missing_bundled_weights_say_how_to_make_them(tmp_path, monkeypatch):
+    monkeypatch.setenv("CLIPTK_DATA", str(tmp_path))
+    with pytest.raises(ct.WeightsNotAvailableError, match="pretrain_tiny_clip"):
+        ct.load_model("cliptk-tiny", "synthetic-players")
+
+
+def test_offline_open_clip_weights_error_says_what_to_do(tmp_path):
+    # a fresh process with the hub offline and an empty cache: the error names model, tag and the fix
+    code = ("import cliptk as ct\n"
+            "try:\n    ct.load_model('ViT-B-32', 'openai')\n"
+            "except ct.WeightsNotAvailableError as e:\n    print('MSG', e)\n")
+    env = {**os.environ, "HF_HUB_OFFLINE": "1", "HF_HOME": str(tmp_path), "XDG_CACHE_HOME": str(tmp_path)}
+    out = subprocess.run([sys.executable, "-c", code], env=env, capture_output=True, text=True, timeout=300).stdout
+    assert "MSG" in out and "'ViT-B-32'" in out and "'openai'" in out
+    assert "pretrained='/path/to/" in out and "open_clip.create_model" in out
+
+
+def test_freeze(micro):
+    m = ct.load_model("cliptk-micro", None)
+    ct.freeze(m, text=True, image=False)
+    assert all(p.requires_grad for p in m.visual.parameters())
+    assert not m.clip.token_embedding.weight.requires_grad and m.logit_scale.requires_grad
+    ct.freeze(m, text=True, image=True, unlocked_image_groups=0, logit_scale=True)
+    assert not any(p.requires_grad for p in m.parameters())
+
+
+def test_grad_checkpointing_same_output_and_grads(micro):
+    m = ct.load_model("cliptk-micro", None, image_only=True)
+    x = torch.randn(4, 3, *m.image_size)
+    m.train()
+    m.encode_image(x).sum().backward()
+    g1 = [p.grad.clone() for p in m.visual.parameters()]
+    m.zero_grad()
+    m.set_grad_checkpointing(True)
+    m.encode_image(x).sum().backward()
+    for a, p in zip(g1, m.visual.parameters()):
+        assert torch.allclose(a, p.grad, atol=1e-6)
+
+
+def test_fingerprint_changes_with_weights(micro):
+    m = ct.load_model("cliptk-micro", None)
+    before = m.fingerprint()
+    assert before == m.fingerprint()
+    with torch.no_grad():
+        m.visual.conv1.weight[0, 0, 0, 0] += 1
+    assert m.fingerprint() != before
