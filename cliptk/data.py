@@ -355,7 +355,8 @@ def read_deepsportradar(root: str | Path, on_error: str = "raise") -> ReIdDatase
     manifest = root / "manifest.csv"
     if manifest.is_file() and len(table):
         extra = pd.read_csv(manifest, keep_default_na=False, na_values={"caption": [""]})
-        extra = extra.drop(columns=[c for c in ("pid", "camid", "split", "sequence", "frame") if c in extra.columns])
+        extra = extra.rename(columns={"camid": "camera"})  # the generator's camera, kept as metadata
+        extra = extra.drop(columns=[c for c in ("pid", "split", "sequence", "frame") if c in extra.columns])
         table = table.merge(extra, on="path", how="left")
     return ReIdDataset(root, table, name=root.name, on_error=on_error)
 

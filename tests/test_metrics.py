@@ -1,0 +1,379 @@
+"""Tests for cliptk.metrics: each number against an independent reference or a hand-checked case."""
+
+from __future__ import annotations
+
+import math
+
+import numpy as np
+import pytest
+import torch
+from sklearn.manifold import trustworthiness as sk_trustworthiness
+from sklearn.metrics import (
+    accuracy_score,
+    average_precision_score,
+    confusion_matrix,
+    top_k_accuracy_score,
+)
+from sklearn.neighbors import KNeighborsClassifier
+
+from cliptk import metrics as M
+
+
+def _unit(x: np.ndarray) -> np.ndarray:
+    return x / np.linalg.norm(x, axis=1, keepdims=True)
+
+
+def _random_reid(seed: int, nq: int = 12, ng: int = 40, n_ids: int = 8, d: int = 16):
+    rng = np.random.default_rng(seed)
+    q = rng.normal(size=(nq, d))
+    g = rng.normal(size=(ng, d))
+    qp = rng.integers(0, n_ids, nq)
+    gp = rng.integers(0, n_ids, ng)
+    qc = rng.integers(0, 3, nq)
+    gc = rng.integers(0, 3, ng)
+    return q, g, qp, gp, qc, gc
+
+
+def _reference_reid(q, g, qp, gp, qc, gc, dist=None):
+    """Per-query AP with sklearn and a plain-loop CMC over the gallery left after the camera rule."""
+    if dist is None:
+        dist = 1.0 - _unit(q) @ _unit(g).T
+    aps, firsts = [], []
+    for i in range(len(q)):
+        keep = np.ones(len(g), bool) if qc is None else ~((gp == qp[i]) & (gc == qc[i]))
+        y = gp[keep] == qp[i]
+        if not y.any():
+            aps.append(np.nan)
+            firsts.append(-1)
+            continue
+        aps.append(average_precision_score(y, -dist[i, keep]))
+        ranked = sorted(range(int(keep.sum())), key=lambda j: dist[i, keep][j])
+        firsts.append(next(r + 1 for r, j in enumerate(ranked) if y[j]))
+    return np.array(aps), np.array(firsts)
+
+
+# ------------------------------------------------------------------------------------- re-id
+
+
+@pytest.mark.parametrize("seed", [0, 1, 2])
+@pytest.mark.parametrize("with_cams", [False, True])
+def test_evaluate_reid_matches_sklearn_ap_and_bruteforce_cmc(seed, with_cams):
+    q, g, qp, gp, qc, gc = _random_reid(seed)
+    if not with_cams:
+        qc = gc = None
+    res = M.evaluate_reid(q, g, qp, gp, qc, gc, ranks=(1, 3, 5))
+    ref_ap, ref_first = _reference_reid(q, g, qp, gp, qc, gc)
+    np.testing.assert_allclose(res.ap, ref_ap, rtol=1e-6, equal_nan=True)
+    np.testing.assert_array_equal(res.first_match, ref_first)
+    valid = ref_first > 0
+    assert res.n_queries == len(q) and res.n_skipped == int((~valid).sum())
+    assert res.mAP == pytest.approx(np.mean(ref_ap[valid]))
+    for r in (1, 3, 5):
+        assert res.cmc[r] == pytest.approx(np.mean(ref_first[valid] <= r))
+    assert res.distances is None and not res.reranked
+
+
+def test_evaluate_reid_torch_input_and_blocking(monkeypatch):
+    q, g, qp, gp, qc, gc = _random_reid(3, nq=20)
+    full = M.evaluate_reid(q, g, qp, gp, qc, gc)
+    qb = torch.tensor(q).bfloat16()  # half-precision tensors are upcast, not rejected
+    t = [torch.tensor(a) for a in (g, qp, gp, qc, gc)]
+    via_torch = M.evaluate_reid(qb, *t)
+    via_numpy = M.evaluate_reid(qb.float().numpy(), g, qp, gp, qc, gc)
+    np.testing.assert_allclose(via_torch.ap, via_numpy.ap, equal_nan=True)
+    monkeypatch.setattr(M, "_BLOCK_ELEMENTS", 3 * g.shape[0])  # 3 queries per block
+    blocked = M.evaluate_reid(q, g, qp, gp, qc, gc)
+    np.testing.assert_allclose(blocked.ap, full.ap, equal_nan=True)
+    np.testing.assert_array_equal(blocked.first_match, full.first_match)
+
+
+def test_camera_rule_hand_case():
+    # query 0: pid 0 cam 0. Gallery by distance:
+    #   g0 (pid 0, cam 0) < g1 (pid 1, cam 1) < g2 (pid 0, cam 1)
+    # query 1: pid 5 cam 0, whose only gallery match g3 shares its camera -> junk, skipped
+    q = np.array([[1.0, 0.0, 0.0], [0.0, 0.0, 1.0]])
+    g = np.array([[1.0, 0.05, 0.0], [1.0, 0.5, 0.0], [1.0, 1.0, 0.0], [0.0, 0.1, 1.0]])
+    qp, gp = np.array([0, 5]), np.array([0, 1, 0, 5])
+    qc, gc = np.array([0, 0]), np.array([0, 1, 1, 0])
+
+    res = M.evaluate_reid(q, g, qp, gp, qc, gc, ranks=(1, 2))
+    # g0 dropped (same pid, same cam); g2 kept (same pid, other cam) and ranked 2nd of [g1, g2, g3]
+    assert res.first_match.tolist() == [2, -1]
+    assert res.ap[0] == pytest.approx(1 / 2) and math.isnan(res.ap[1])
+    assert (res.n_queries, res.n_skipped) == (2, 1)
+    assert res.mAP == pytest.approx(0.5) and res.cmc == {1: 0.0, 2: 1.0}
+
+    # camids None: all pairs cross-camera, nothing dropped
+    res = M.evaluate_reid(q, g, qp, gp, ranks=(1,))
+    assert res.first_match.tolist() == [1, 1]
+    assert res.ap[0] == pytest.approx((1 / 1 + 2 / 3) / 2) and res.ap[1] == pytest.approx(1.0)
+    assert res.n_skipped == 0
+
+
+def test_ties_are_broken_by_gallery_order():
+    q = np.array([[1.0, 0.0]])
+    g = np.array([[0.0, 1.0], [0.0, 1.0], [1.0, 0.0]])  # g2 nearest, then g0 and g1 tie
+    assert M.evaluate_reid(q, g, [1], [0, 1, 1]).ap[0] == pytest.approx((1 + 2 / 3) / 2)
+    # ranked g2, g0, g1: the tied match g0 comes before the tied non-match g1
+    assert M.evaluate_reid(q, g, [1], [1, 0, 1]).ap[0] == pytest.approx(1.0)
+
+
+def test_evaluate_reid_errors():
+    q, g = np.eye(2), np.eye(2)
+    with pytest.raises(ValueError, match="gallery_camids"):
+        M.evaluate_reid(q, g, [0, 1], [0, 1], query_camids=[0, 0])
+    with pytest.raises(ValueError, match="dimension"):
+        M.evaluate_reid(q, np.eye(3), [0, 1], [0, 1, 2])
+    with pytest.raises(ValueError, match="gallery_pids"):
+        M.evaluate_reid(q, g, [0, 1], [0, 1, 2])
+    with pytest.raises(ValueError, match="both as ints or both as strings"):
+        M.evaluate_reid(q, g, [0, 1], ["0", "1"])
+    with pytest.raises(ValueError, match="none of the 2 queries"):
+        M.evaluate_reid(q, g, [0, 1], [2, 3])
+    with pytest.raises(ValueError, match="row 1 is all zeros"):
+        M.evaluate_reid(q, np.array([[1.0, 0.0], [0.0, 0.0]]), [0, 1], [0, 1])
+
+
+def test_result_repr_and_dict():
+    q, g, qp, gp, qc, gc = _random_reid(4)
+    res = M.evaluate_reid(q, g, qp, gp, qc, gc, ranks=(1, 5))
+    assert set(res.to_dict()) == {"mAP", "rank1", "rank5", "n_queries", "n_skipped", "reranked"}
+    assert f"{res.mAP:.4f}" in repr(res) and "rank-5" in repr(res)
+    assert res._repr_html_().startswith("<table>") and f"{res.cmc[1]:.4f}" in res._repr_html_()
+
+
+# --------------------------------------------------------------------------------- re-ranking
+
+
+def _slow_rerank(qg, qq, gg, k1, k2, lam):
+    """Straight from the paper's definitions (Zhong et al. 2017, eqs. 2-12), dense and loop-based."""
+    nq, ng = qg.shape
+    n = nq + ng
+    d = np.block([[qq, qg], [qg.T, gg]]).astype(np.float64)
+    d = d / d.max(axis=1, keepdims=True)
+    order = [list(np.argsort(d[i], kind="stable")) for i in range(n)]
+
+    def nn(p, k):  # N(p, k), p itself included as in the authors' code
+        return order[p][: k + 1]
+
+    def recip(p, k):  # R(p, k)
+        return [x for x in nn(p, k) if p in nn(x, k)]
+
+    v = np.zeros((n, n))
+    for p in range(n):
+        r = set(recip(p, k1))
+        star = set(r)
+        for x in r:
+            rx = set(recip(x, round(k1 / 2)))
+            if len(rx & r) > 2 / 3 * len(rx):
+                star |= rx
+        for x in star:
+            v[p, x] = math.exp(-d[p, x])
+        v[p] /= v[p].sum()
+    if k2 > 1:
+        v = np.array([v[order[p][:k2]].mean(axis=0) for p in range(n)])
+    out = np.zeros((nq, ng))
+    for i in range(nq):
+        for j in range(ng):
+            a, b = v[i], v[nq + j]
+            jac = 1 - np.minimum(a, b).sum() / np.maximum(a, b).sum()
+            out[i, j] = (1 - lam) * jac + lam * d[i, nq + j]
+    return out
+
+
+@pytest.mark.parametrize("k1,k2,lam", [(4, 3, 0.3), (6, 1, 0.5), (5, 2, 0.0)])
+def test_rerank_matches_slow_reference(k1, k2, lam):
+    rng = np.random.default_rng(k1)
+    x = rng.normal(size=(30, 6))
+    sq = lambda a, b: ((a[:, None] - b[None]) ** 2).sum(-1)  # noqa: E731
+    q, g = x[:8], x[8:]
+    fast = M.rerank_k_reciprocal(sq(q, g), sq(q, q), sq(g, g), k1=k1, k2=k2, lambda_value=lam)
+    slow = _slow_rerank(sq(q, g), sq(q, q), sq(g, g), k1, k2, lam)
+    assert fast.shape == (8, 22)
+    np.testing.assert_allclose(fast, slow, atol=1e-5)
+
+
+def test_rerank_lambda_one_is_row_normalised_original():
+    rng = np.random.default_rng(1)
+    x = _unit(rng.normal(size=(15, 4)))
+    d = 1 - x @ x.T
+    out = M.rerank_k_reciprocal(d[:5, 5:], d[:5, :5], d[5:, 5:], k1=3, k2=2, lambda_value=1.0)
+    np.testing.assert_allclose(out, d[:5, 5:] / d[:5].max(axis=1, keepdims=True), atol=1e-6)
+
+
+def test_evaluate_reid_rerank_uses_rerank_and_helps_on_clustered_gallery():
+    # planted: tight gallery clusters of 6 images per identity, one much noisier query per identity
+    rng = np.random.default_rng(0)
+    centres = rng.normal(size=(15, 32))
+    g = np.repeat(centres, 6, axis=0) + 1.0 * rng.normal(size=(90, 32))
+    q = centres + 1.6 * rng.normal(size=(15, 32))
+    qp, gp = np.arange(15), np.repeat(np.arange(15), 6)
+    plain = M.evaluate_reid(q, g, qp, gp)
+    rr = M.evaluate_reid(q, g, qp, gp, rerank=True, k1=6, k2=3, return_distances=True)
+    assert rr.reranked and "re-ranked" in repr(rr)
+    qn, gn = _unit(q), _unit(g)
+    expected = M.rerank_k_reciprocal(1 - qn @ gn.T, 1 - qn @ qn.T, 1 - gn @ gn.T, k1=6, k2=3)
+    np.testing.assert_allclose(rr.distances, expected, atol=1e-6)
+    ref_ap, _ = _reference_reid(q, g, qp, gp, None, None, dist=rr.distances)
+    assert rr.mAP == pytest.approx(ref_ap.mean())
+    assert rr.mAP > plain.mAP + 0.05
+
+
+def test_rerank_errors():
+    z = np.zeros
+    with pytest.raises(ValueError, match="g_g_dist"):
+        M.rerank_k_reciprocal(z((2, 3)), z((2, 2)), z((2, 2)))
+    with pytest.raises(ValueError, match="lambda_value"):
+        M.rerank_k_reciprocal(z((2, 3)), z((2, 2)), z((3, 3)), lambda_value=2)
+
+
+# ------------------------------------------------------------------------------ zero-shot probe
+
+
+def test_classify_zero_shot_hand_case():
+    text = np.eye(3)
+    imgs = np.array([[0.9, 0.1, 0], [0, 1, 0.2], [0.5, 0, 0.4], [1, 0, 0], [0, 0, 2]])
+    res = M.classify_zero_shot(imgs, text, [0, 1, 2, -1, 2], ["red", "blue", "green"], top_k=2)
+    assert res.predictions.tolist() == [0, 1, 0, 0, 2]
+    assert res.accuracy == pytest.approx(3 / 4) and res.k == 2
+    assert res.top_k_accuracy == pytest.approx(1.0)  # image 2: green is its 2nd choice
+    assert res.chance == pytest.approx(1 / 3) and res.majority_rate == pytest.approx(2 / 4)
+    assert (res.n_evaluated, res.n_unknown) == (4, 1)
+    assert res.confusion.tolist() == [[1, 0, 0], [0, 1, 0], [1, 0, 1]]
+    np.testing.assert_allclose(res.per_class_accuracy, [1.0, 1.0, 0.5])
+    assert "green" in res._repr_html_() and "0.7500" in repr(res)
+
+
+def test_classify_zero_shot_vs_sklearn():
+    rng = np.random.default_rng(0)
+    text = rng.normal(size=(10, 8))
+    labels = rng.integers(-1, 10, 200)
+    imgs = text[np.clip(labels, 0, None)] * 0.5 + rng.normal(size=(200, 8))
+    res = M.classify_zero_shot(torch.tensor(imgs), torch.tensor(text), torch.tensor(labels), top_k=5)
+    known = labels >= 0
+    scores = _unit(imgs) @ _unit(text).T
+    assert res.accuracy == pytest.approx(accuracy_score(labels[known], scores[known].argmax(1)))
+    assert res.top_k_accuracy == pytest.approx(
+        top_k_accuracy_score(labels[known], scores[known], k=5, labels=np.arange(10))
+    )
+    np.testing.assert_array_equal(
+        res.confusion, confusion_matrix(labels[known], scores[known].argmax(1), labels=np.arange(10))
+    )
+    assert res.majority_rate == pytest.approx(np.bincount(labels[known]).max() / known.sum())
+    assert 0.1 < res.accuracy < 1.0  # neither chance nor trivial on this planted signal
+
+
+def test_classify_zero_shot_errors():
+    with pytest.raises(ValueError, match=r"labels\[1\] = 3"):
+        M.classify_zero_shot(np.eye(3), np.eye(3), [0, 3, 1])
+    with pytest.raises(ValueError, match="unknown"):
+        M.classify_zero_shot(np.eye(3), np.eye(3), [-1, -1, -1])
+    with pytest.raises(ValueError, match="class_names"):
+        M.classify_zero_shot(np.eye(3), np.eye(3), [0, 1, 2], ["a", "b"])
+
+
+# ----------------------------------------------------------------------------- geometry
+
+
+def test_knn_accuracy_vs_sklearn_leave_one_out():
+    rng = np.random.default_rng(0)
+    labels = rng.integers(0, 2, 60)
+    emb = rng.normal(size=(60, 5)) + 0.8 * labels[:, None]
+    ref = []
+    for i in range(60):  # leave-one-out with sklearn's classifier (2 classes, odd k: no vote ties)
+        rest = np.arange(60) != i
+        clf = KNeighborsClassifier(n_neighbors=5, metric="cosine", algorithm="brute")
+        ref.append(clf.fit(emb[rest], labels[rest]).predict(emb[i : i + 1])[0] == labels[i])
+    assert M.knn_accuracy(emb, labels, k=5) == pytest.approx(np.mean(ref))
+
+
+def test_knn_accuracy_tie_goes_to_nearest_label():
+    ang = np.deg2rad([0.0, 10.0, 25.0])
+    emb = np.stack([np.cos(ang), np.sin(ang)], axis=1)
+    # k=2; p0 and p1 have 1-1 votes, won by the nearer neighbour:
+    #   p0: p1 "b" (10 deg), p2 "a" (25 deg) -> "b" right
+    #   p1: p0 "b" (10 deg), p2 "a" (15 deg) -> "b" right
+    #   p2: p1 "b", p0 "b"                   -> "b" wrong
+    # (smallest-label tie-breaking would score 0)
+    assert M.knn_accuracy(emb, ["b", "b", "a"], k=2) == pytest.approx(2 / 3)
+
+
+def _knn_sets(x, k):
+    d = ((x[:, None] - x[None]) ** 2).sum(-1)
+    np.fill_diagonal(d, np.inf)
+    return [set(np.argsort(row)[:k]) for row in d]
+
+
+def test_neighbourhood_overlap():
+    rng = np.random.default_rng(0)
+    x = rng.normal(size=(40, 3))
+    assert M.neighbourhood_overlap(x, x, k=5, metric_high="euclidean") == pytest.approx(1.0)
+    low = x[:, :2] + 0.3 * rng.normal(size=(40, 2))
+    hi_sets, lo_sets = _knn_sets(x, 5), _knn_sets(low, 5)
+    expected = np.mean([len(a & b) / 5 for a, b in zip(hi_sets, lo_sets)])
+    assert M.neighbourhood_overlap(x, low, k=5, metric_high="euclidean") == pytest.approx(expected)
+    assert expected < 1.0
+    # cosine default: scaling the rows of the original space changes nothing
+    assert M.neighbourhood_overlap(x * rng.uniform(1, 5, (40, 1)), x, k=5) == pytest.approx(
+        M.neighbourhood_overlap(x, x, k=5)
+    )
+
+
+def _trust_by_definition(high, low, k):
+    """Venna & Kaski: T = 1 - 2/(n k (2n - 3k - 1)) sum_i sum_{j in U_k(i)} (r(i, j) - k)."""
+    n = len(high)
+    dh = ((high[:, None] - high[None]) ** 2).sum(-1)
+    np.fill_diagonal(dh, np.inf)
+    rank_h = np.argsort(np.argsort(dh, axis=1), axis=1) + 1  # r(i, j), 1 = nearest
+    penalty = 0
+    for i, lo_set in enumerate(_knn_sets(low, k)):
+        penalty += sum(rank_h[i, j] - k for j in lo_set if rank_h[i, j] > k)
+    return 1 - 2 / (n * k * (2 * n - 3 * k - 1)) * penalty
+
+
+def test_trustworthiness():
+    rng = np.random.default_rng(0)
+    x = rng.normal(size=(40, 4))
+    assert M.trustworthiness(x, x, k=5, metric_high="euclidean") == pytest.approx(1.0)
+    low = rng.normal(size=(40, 2))
+    ours = M.trustworthiness(x, low, k=5, metric_high="euclidean")
+    assert ours == pytest.approx(_trust_by_definition(x, low, 5)) and ours < 0.9
+    # sampling: deterministic for a seed, still 1 for an identical projection;
+    # without sampling it is sklearn's number (cosine in the original space by default)
+    assert M.trustworthiness(x, low, k=3, max_samples=20, seed=1) == M.trustworthiness(
+        x, low, k=3, max_samples=20, seed=1
+    )
+    assert M.trustworthiness(x, x, k=3, max_samples=20, metric_high="euclidean") == pytest.approx(1.0)
+    ref = sk_trustworthiness(x, low, n_neighbors=5, metric="cosine")
+    assert M.trustworthiness(x, low, k=5) == pytest.approx(ref)
+    with pytest.raises(ValueError, match="lower k"):
+        M.trustworthiness(x, low, k=20)
+
+
+def test_alignment():
+    assert M.alignment([[1, 0], [0, 2]], [[3, 0], [0, 1]]) == pytest.approx(0.0)
+    assert M.alignment([[1, 0]], [[-1, 0]]) == pytest.approx(4.0)  # antipodal: ||2e1||^2
+    assert M.alignment([[1, 0]], [[-1, 0]], alpha=1) == pytest.approx(2.0)
+    assert M.alignment(torch.tensor([[1.0, 0.0]]), torch.tensor([[0.0, 1.0]])) == pytest.approx(2.0)
+    with pytest.raises(ValueError, match="same shape"):
+        M.alignment(np.ones((2, 3)), np.ones((3, 3)))
+
+
+def test_uniformity(monkeypatch):
+    assert M.uniformity([[1, 0], [-1, 0]]) == pytest.approx(-8.0)  # one pair, squared distance 4
+    tri = [[1, 0], [-0.5, math.sqrt(3) / 2], [-0.5, -math.sqrt(3) / 2]]
+    assert M.uniformity(tri, t=1) == pytest.approx(-3.0)  # three pairs, squared distance 3
+    x = torch.randn(50, 8, generator=torch.Generator().manual_seed(0))
+    xn = torch.nn.functional.normalize(x, dim=1).double()
+    ref = torch.pdist(xn, p=2).pow(2).mul(-2).exp().mean().log().item()  # Wang & Isola's formula
+    assert M.uniformity(x) == pytest.approx(ref)
+    monkeypatch.setattr(M, "_BLOCK_ELEMENTS", 3 * 50)  # several blocks
+    assert M.uniformity(x) == pytest.approx(ref)
+
+
+def test_modality_gap():
+    assert M.modality_gap([[2, 0], [1, 0]], [[0, 3]]) == pytest.approx(math.sqrt(2))
+    assert M.modality_gap([[1, 0], [0, 1]], [[0, 5], [7, 0]]) == pytest.approx(0.0)
+    rng = np.random.default_rng(0)
+    a, b = rng.normal(size=(20, 6)), rng.normal(size=(7, 6)) + 2
+    assert M.modality_gap(a, b) == pytest.approx(np.linalg.norm(_unit(a).mean(0) - _unit(b).mean(0)))
