@@ -1,12 +1,43 @@
 """cliptk: contrastive fine-tuning of CLIP-style models, embedding-space exploration and Score-CAM
-explanations of image-to-image similarity (player re-identification, CLIP-ReIdent).
+explanations of image-to-image similarity (player re-identification, after CLIP-ReIdent).
 
     import cliptk as ct
-    model = ct.load_model()                      # the bundled tiny CLIP, offline
+    ds = ct.read_deepsportradar(ct.generate_players("data/generated/players"))
+    model = ct.load_model()                       # the bundled tiny CLIP, offline
+    print(ct.evaluate(model, ds))                 # zero-shot re-id mAP / CMC
+
+Everything a notebook needs is re-exported here; modules hold one concept each.
 """
-from .data import (ReIdDataset, ImageLoadError, load_image, read_folder, read_csv, read_deepsportradar,
-                   read_market1501, read_dataset)
-from .models import (ClipModel, load_model, save_model, freeze, list_models, WeightsNotAvailableError,
-                     DEFAULT_MODEL, DEFAULT_PRETRAINED)
+from . import smoke
+from .data import (ImageLoadError, ReIdDataset, load_image, read_csv, read_dataset, read_deepsportradar, read_folder,
+                   read_market1501)
+from .embed import embed, embed_texts
+from .evaluate import evaluate, zero_shot_probe
+from .losses import (DecoupledSoftmax, GISTFilter, GuidedInfoNCE, InfoNCE, LogitScale, SoftTargetInfoNCE, SupCon,
+                     gather_with_grad, make_loss)
+from .metrics import (ProbeResult, ReIdResult, alignment, classify_zero_shot, evaluate_reid, knn_accuracy,
+                      modality_gap, neighbourhood_overlap, rerank_k_reciprocal, trustworthiness, uniformity)
+from .models import (DEFAULT_MODEL, DEFAULT_PRETRAINED, ClipModel, WeightsNotAvailableError, freeze, list_models,
+                     load_model, save_model)
+from .samplers import PKSampler, UniqueIdPairSampler
+from .synthetic import generate_players, make_players, render_player, samples_grid
+from .default import players, players_root
 
 __version__ = "0.1.0"
+
+__all__ = [
+    # data
+    "ReIdDataset", "ImageLoadError", "load_image", "read_folder", "read_csv", "read_deepsportradar",
+    "read_market1501", "read_dataset", "generate_players", "make_players", "render_player", "samples_grid",
+    # models and embeddings
+    "ClipModel", "load_model", "save_model", "freeze", "list_models", "WeightsNotAvailableError",
+    "DEFAULT_MODEL", "DEFAULT_PRETRAINED", "embed", "embed_texts",
+    # evaluation
+    "evaluate", "zero_shot_probe", "evaluate_reid", "rerank_k_reciprocal", "classify_zero_shot", "ReIdResult",
+    "ProbeResult", "knn_accuracy", "neighbourhood_overlap", "trustworthiness", "alignment", "uniformity",
+    "modality_gap",
+    # training pieces
+    "InfoNCE", "SupCon", "DecoupledSoftmax", "SoftTargetInfoNCE", "GuidedInfoNCE", "GISTFilter", "LogitScale",
+    "gather_with_grad", "make_loss", "UniqueIdPairSampler", "PKSampler",
+    "players", "players_root", "smoke",
+]

@@ -53,7 +53,7 @@ def cmd_train(args) -> int:
 def cmd_demo(args) -> int:
     from .demo import run_demo
 
-    run_demo(out=Path(args.out), data_root=Path(args.data), minutes=args.minutes, finetune=not args.no_finetune,
+    run_demo(out=Path(args.out), data_root=args.data, minutes=args.minutes, finetune=not args.no_finetune,
              say=_say)
     return 0
 
@@ -64,7 +64,7 @@ def build_parser() -> argparse.ArgumentParser:
 
     demo = sub.add_parser("demo", help="the whole story on the embedded default; writes an HTML report")
     demo.add_argument("--out", default="runs/demo", help="report, checkpoint and history go here")
-    demo.add_argument("--data", default="data/generated/players", help="where the synthetic players are generated")
+    demo.add_argument("--data", default=None, help="where the synthetic players are generated (default: data/generated/)")
     demo.add_argument("--minutes", type=float, default=None, help="fine-tuning budget (default: the CPU config's)")
     demo.add_argument("--no-finetune", action="store_true", help="stop after the zero-shot evaluation")
     demo.set_defaults(func=cmd_demo)

@@ -11,11 +11,10 @@ from typing import Callable
 
 import pandas as pd
 
-from .data import read_deepsportradar
+from .default import players, players_root
 from .evaluate import evaluate, zero_shot_probe
 from .models import DEFAULT_MODEL, DEFAULT_PRETRAINED, load_model
-from .smoke import pick
-from .synthetic import CAPTION_TEMPLATE, generate_players
+from .synthetic import CAPTION_TEMPLATE
 
 __all__ = ["run_demo", "number_prompts_for"]
 
@@ -27,14 +26,12 @@ def number_prompts_for(dataset) -> dict:
     return {f"{c}/{n}": CAPTION_TEMPLATE.format(colour=c, number=n) for c, n in pairs}
 
 
-def run_demo(out: Path = Path("runs/demo"), data_root: Path = Path("data/generated/players"),
+def run_demo(out: Path = Path("runs/demo"), data_root: Path | None = None,
              minutes: float | None = None, finetune: bool = True, say: Callable[[str], None] = print) -> pd.DataFrame:
     """Run the story; return the metrics table (one row per model state)."""
     out.mkdir(parents=True, exist_ok=True)
-    say(f"generating synthetic players in {data_root} (cached after the first run)")
-    root = generate_players(data_root, n_train_ids=pick(400, 60), n_test_ids=pick(100, 30),
-                            images_per_id=pick(10, 6))
-    ds = read_deepsportradar(root)
+    say(f"generating synthetic players in {data_root or players_root()} (cached after the first run)")
+    ds = players(data_root)
     say(f"dataset: {ds}")
     say(f"loading {DEFAULT_MODEL} ({DEFAULT_PRETRAINED})")
     model = load_model(DEFAULT_MODEL, DEFAULT_PRETRAINED)
