@@ -22,6 +22,11 @@ from .models import (DEFAULT_MODEL, DEFAULT_PRETRAINED, ClipModel, WeightsNotAva
 from .samplers import PKSampler, UniqueIdPairSampler
 from .synthetic import generate_players, make_players, render_player, samples_grid
 from .default import players, players_root
+from .debug import (RankBrowser, Ranking, ap_breakdown, confused_pairs, find_leaks, label_noise_suspects, plot_ranked,
+                    plot_similarity_hist, pos_neg_similarities, rank_gallery, similarity_threshold, worst_queries_html)
+from .download import download_deepsportradar
+from .report import Report
+from .submission import read_submission, write_submission
 
 __version__ = "0.1.0"
 
@@ -39,5 +44,9 @@ __all__ = [
     # training pieces
     "InfoNCE", "SupCon", "DecoupledSoftmax", "SoftTargetInfoNCE", "GuidedInfoNCE", "GISTFilter", "LogitScale",
     "gather_with_grad", "make_loss", "UniqueIdPairSampler", "PKSampler",
+    # debugging, real data, reports
+    "rank_gallery", "Ranking", "plot_ranked", "worst_queries_html", "RankBrowser", "ap_breakdown", "confused_pairs",
+    "pos_neg_similarities", "similarity_threshold", "plot_similarity_hist", "find_leaks", "label_noise_suspects",
+    "download_deepsportradar", "write_submission", "read_submission", "Report",
     "players", "players_root", "smoke",
 ]

@@ -30,6 +30,12 @@ def cmd_data_generate(args) -> int:
     return 0
 
 
+def cmd_data_download(args) -> int:
+    from .download import download_main
+
+    return download_main(args.name, args.root, url=args.url, md5=args.md5)
+
+
 def cmd_eval(args) -> int:
     from .data import read_dataset
     from .evaluate import evaluate
@@ -79,6 +85,12 @@ def build_parser() -> argparse.ArgumentParser:
     gen.add_argument("--seed", type=int, default=0)
     gen.add_argument("--workers", type=int, default=2)
     gen.set_defaults(func=cmd_data_generate)
+    dl = dsub.add_parser("download", help="fetch a public dataset (needs internet), verify its MD5, unpack it")
+    dl.add_argument("name", choices=["deepsportradar"])
+    dl.add_argument("--root", default="data/deepsportradar")
+    dl.add_argument("--url", default=None, help="a mirror or a local file:// archive")
+    dl.add_argument("--md5", default=None, help="expected MD5 ('none' skips the check)")
+    dl.set_defaults(func=cmd_data_download)
 
     ev = sub.add_parser("eval", help="re-id mAP / CMC of a model on a dataset's query vs gallery")
     ev.add_argument("--data", required=True, help="a dataset root or CSV manifest (layout is detected)")
