@@ -20,6 +20,8 @@ from .metrics import (ProbeResult, ReIdResult, alignment, classify_zero_shot, ev
 from .models import (DEFAULT_MODEL, DEFAULT_PRETRAINED, ClipModel, WeightsNotAvailableError, freeze, list_models,
                      load_model, save_model)
 from .samplers import PKSampler, UniqueIdPairSampler
+from . import lab
+from .lab import LabData, LabHead, LabMethod, gist_mask_sweep, plot_lab, run_lab, train_head
 from .synthetic import generate_players, make_players, render_player, samples_grid
 from .default import players, players_root
 from .debug import (RankBrowser, Ranking, ap_breakdown, confused_pairs, find_leaks, label_noise_suspects, plot_ranked,
@@ -48,5 +50,7 @@ __all__ = [
     "rank_gallery", "Ranking", "plot_ranked", "worst_queries_html", "RankBrowser", "ap_breakdown", "confused_pairs",
     "pos_neg_similarities", "similarity_threshold", "plot_similarity_hist", "find_leaks", "label_noise_suspects",
     "download_deepsportradar", "write_submission", "read_submission", "Report",
+    # losses lab
+    "lab", "LabMethod", "LabData", "LabHead", "train_head", "run_lab", "plot_lab", "gist_mask_sweep",
     "players", "players_root", "smoke",
 ]
