@@ -22,8 +22,15 @@ from .models import (DEFAULT_MODEL, DEFAULT_PRETRAINED, ClipModel, WeightsNotAva
 from .samplers import PKSampler, UniqueIdPairSampler
 from . import lab
 from .lab import LabData, LabHead, LabMethod, gist_mask_sweep, plot_lab, run_lab, train_head
+from .explain import (CamConfig, Faithfulness, SimilarityCam, explain_topk, faithfulness, plot_cam_grid, plot_cam_pair,
+                      plot_faithfulness, select_pairs, similarity_cam, similarity_cams)
+from .viz import (aligned_projection, embedding_report, export_html, html_fragment, plot_before_after, plot_embeddings,
+                  project, warm_up)
+from .widgets import Explorer
+from .widgets_cam import CamPairPicker
+from .train import History, NonFiniteLossError, TrainConfig, fit, live_plot, run_from_config
 from .synthetic import generate_players, make_players, render_player, samples_grid
-from .default import players, players_root
+from .default import finetuned, players, players_root
 from .debug import (RankBrowser, Ranking, ap_breakdown, confused_pairs, find_leaks, label_noise_suspects, plot_ranked,
                     plot_similarity_hist, pos_neg_similarities, rank_gallery, similarity_threshold, worst_queries_html)
 from .download import download_deepsportradar
@@ -50,7 +57,15 @@ __all__ = [
     "rank_gallery", "Ranking", "plot_ranked", "worst_queries_html", "RankBrowser", "ap_breakdown", "confused_pairs",
     "pos_neg_similarities", "similarity_threshold", "plot_similarity_hist", "find_leaks", "label_noise_suspects",
     "download_deepsportradar", "write_submission", "read_submission", "Report",
+    # fine-tuning
+    "TrainConfig", "fit", "History", "NonFiniteLossError", "live_plot", "run_from_config",
+    # explanations
+    "similarity_cam", "similarity_cams", "explain_topk", "faithfulness", "select_pairs", "plot_cam_pair",
+    "plot_cam_grid", "plot_faithfulness", "CamConfig", "SimilarityCam", "Faithfulness", "CamPairPicker",
+    # embedding space
+    "project", "warm_up", "aligned_projection", "plot_embeddings", "plot_before_after", "export_html",
+    "html_fragment", "embedding_report", "Explorer",
     # losses lab
     "lab", "LabMethod", "LabData", "LabHead", "train_head", "run_lab", "plot_lab", "gist_mask_sweep",
-    "players", "players_root", "smoke",
+    "players", "players_root", "finetuned", "smoke",
 ]
