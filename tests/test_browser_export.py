@@ -1,0 +1,153 @@
+"""The exported HTML page in a real headless browser (Debian's chromium driven by Playwright):
+the plot is drawn, and hovering a point shows that image's thumbnail.
+
+Needs ``/usr/bin/chromium`` (``apt-get install -y chromium``) and the ``playwright`` Python package;
+skipped without them. Playwright's own browser download is not used. Saves a screenshot of the
+hovered page to ``docs/img/export_hover.png``.
+"""
+from __future__ import annotations
+
+import io
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+import pytest
+from PIL import Image
+
+from cliptk.data import ReIdDataset
+from cliptk.viz import export_html, html_fragment, plot_embeddings, project, thumbnail_uri, trace_rows
+
+pytestmark = pytest.mark.browser
+
+CHROMIUM = Path("/usr/bin/chromium")
+ARGS = ["--no-sandbox", "--disable-gpu", "--disable-background-networking", "--disable-component-update",
+        "--disable-sync", "--no-first-run"]
+SCREENSHOT = Path(__file__).resolve().parents[1] / "docs" / "img" / "export_hover.png"
+VIEWPORT = {"width": 1000, "height": 640}
+
+# client (viewport) pixel position of point j of trace i, from plotly's own axis mapping
+POINT_XY = """([i, j]) => {
+  const gd = document.querySelector('.plotly-graph-div');
+  const fl = gd._fullLayout, tr = gd._fullData[i], box = gd.getBoundingClientRect();
+  return [box.left + fl._size.l + fl.xaxis.l2p(tr.x[j]), box.top + fl._size.t + fl.yaxis.l2p(tr.y[j])];
+}"""
+THUMB_STATE = """() => {
+  const box = document.querySelector('.cliptk-thumb'), img = box && box.querySelector('img');
+  return box && {display: getComputedStyle(box).display, src: img.src, natural: img.naturalHeight,
+                 complete: img.complete, label: box.textContent};
+}"""
+
+
+@pytest.fixture(scope="module")
+def browser():
+    if not CHROMIUM.exists():
+        pytest.skip("no /usr/bin/chromium: install it with `apt-get update && apt-get install -y chromium`")
+    sync_api = pytest.importorskip("playwright.sync_api", reason="the playwright Python package is not installed")
+    with sync_api.sync_playwright() as p:
+        b = p.chromium.launch(executable_path=str(CHROMIUM), args=ARGS, headless=True)
+        yield b
+        b.close()
+
+
+@pytest.fixture(scope="module")
+def players(tmp_path_factory):
+    """8 synthetic players x 4 crops, and embeddings with one planted cluster per player."""
+    from cliptk.synthetic import make_players, render_player
+
+    root = tmp_path_factory.mktemp("players")
+    rng = np.random.default_rng(0)
+    rows = []
+    for p in make_players(8, seed=0):
+        for j in range(4):
+            path = f"{p.pid}_{j}.jpeg"
+            render_player(p, rng, camera=j % 3).save(root / path, quality=90)
+            rows.append(dict(path=path, pid=p.pid, camid=j % 3, split="gallery", team=p.colour, number=p.number))
+    ds = ReIdDataset(root, pd.DataFrame(rows), name="players")
+    centres = rng.normal(size=(ds.pids.max() + 1, 24))
+    emb = (centres[ds.pids] + 0.35 * rng.normal(size=(len(ds), 24))).astype(np.float32)
+    return ds, emb
+
+
+def coloured_pixels(png: bytes) -> int:
+    """Pixels with a clear colour (markers), as opposed to the white/grey page and grid."""
+    a = np.asarray(Image.open(io.BytesIO(png)).convert("RGB")).astype(int)
+    return int(((a.max(axis=2) - a.min(axis=2)) > 60).sum())
+
+
+def loneliest_point(fig, coords: np.ndarray) -> tuple[int, int, int]:
+    """(trace, index in trace, row) of the point farthest from any other: a hover target nothing hides."""
+    d = np.linalg.norm(coords[:, None] - coords[None], axis=2)
+    np.fill_diagonal(d, np.inf)
+    row = int(d.min(axis=1).argmax())
+    for i, tr in enumerate(fig.data):
+        hit = np.flatnonzero(trace_rows(tr) == row)
+        if hit.size:
+            return i, int(hit[0]), row
+    raise AssertionError(f"row {row} is in no trace")
+
+
+def open_and_hover(browser, url: str, fig, coords: np.ndarray):
+    page = browser.new_page(viewport=VIEWPORT)
+    errors: list[str] = []
+    page.on("pageerror", lambda e: errors.append(str(e)))
+    page.goto(url)
+    page.wait_for_function("() => { const gd = document.querySelector('.plotly-graph-div');"
+                           " return gd && gd._fullLayout && gd.calcdata; }", timeout=30_000)
+    page.wait_for_timeout(300)  # WebGL traces draw on the next animation frame
+    blank_state = page.evaluate(THUMB_STATE)
+    drawn = coloured_pixels(page.screenshot())
+    trace, j, row = loneliest_point(fig, coords)
+    x, y = page.evaluate(POINT_XY, [trace, j])
+    page.mouse.move(x + 15, y + 15)
+    page.mouse.move(x, y, steps=3)
+    page.wait_for_function("() => getComputedStyle(document.querySelector('.cliptk-thumb')).display === 'block'"
+                           " && document.querySelector('.cliptk-thumb img').complete", timeout=10_000)
+    return page, errors, blank_state, drawn, row
+
+
+@pytest.mark.parametrize("webgl", [False, True], ids=["svg", "webgl"])
+def test_exported_page_shows_thumbnail_on_hover(browser, players, tmp_path, webgl):
+    ds, emb = players
+    coords = project(emb, "pca")
+    fig = plot_embeddings(emb, ds, color_by="pid", projection=coords, webgl=webgl,
+                          title="synthetic players — hover a point")
+    path = export_html(fig, ds, tmp_path / "players.html")
+    page, errors, blank_state, drawn, row = open_and_hover(browser, path.as_uri(), fig, coords)
+    try:
+        # the plot is drawn: coloured markers on the page (and, for SVG, one path per point)
+        assert drawn > 30 * 20
+        if not webgl:
+            assert page.locator(".scatterlayer .point").count() == len(ds)
+        assert blank_state["display"] == "none"  # nothing shown before the hover
+        state = page.evaluate(THUMB_STATE)
+        assert state["src"] == thumbnail_uri(ds[row], 48)  # this row's thumbnail, as Python encodes it
+        assert state["src"].startswith("data:image/") and state["natural"] == 48
+        assert f"row {row}" in state["label"]
+        if not webgl:
+            SCREENSHOT.parent.mkdir(parents=True, exist_ok=True)
+            page.screenshot(path=str(SCREENSHOT))
+        page.mouse.move(5, VIEWPORT["height"] - 5)  # leave the plot: the thumbnail goes away
+        page.wait_for_function("() => getComputedStyle(document.querySelector('.cliptk-thumb')).display === 'none'",
+                               timeout=10_000)
+        assert errors == []
+    finally:
+        page.close()
+
+
+def test_fragment_inside_a_larger_report(browser, players, tmp_path):
+    ds, emb = players
+    coords = project(emb, "pca")
+    fig = plot_embeddings(emb, ds, color_by="team", projection=coords)
+    frag = html_fragment(fig, ds, include_plotlyjs=True, div_id="embedding-plot")
+    report = tmp_path / "report.html"
+    report.write_text("<!DOCTYPE html><html><head><meta charset='utf-8'></head><body>"
+                      "<h1>Fine-tuning report</h1><p>Hover a point to see the image.</p>"
+                      f"{frag}<p>end of report</p></body></html>", encoding="utf-8")
+    page, errors, _, drawn, row = open_and_hover(browser, report.as_uri(), fig, coords)
+    try:
+        assert page.locator("#embedding-plot .scatterlayer .point").count() == len(ds)
+        assert page.evaluate(THUMB_STATE)["src"] == thumbnail_uri(ds[row], 48)
+        assert errors == []
+    finally:
+        page.close()

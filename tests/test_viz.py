@@ -1,0 +1,353 @@
+"""Tests of cliptk.viz on synthetic data: random embeddings with planted clusters and tiny PIL images."""
+from __future__ import annotations
+
+import base64
+import io
+import re
+
+import numpy as np
+import pandas as pd
+import plotly.graph_objects as go
+import pytest
+import torch
+from PIL import Image
+from sklearn.decomposition import PCA
+from sklearn.neighbors import NearestNeighbors
+
+from cliptk import metrics
+from cliptk.data import ReIdDataset
+from cliptk.viz import (ProjectionConfig, _same_id_pairs, aligned_projection, embedding_report, export_html,
+                        html_fragment, plot_before_after, plot_embeddings, project, thumbnail_uri, trace_rows, warm_up)
+
+N_IDS, PER_ID, DIM = 6, 5, 32
+URI = r"data:image(?:/|\\u002f)(?:webp|jpeg);base64,"  # plotly's JSON writes '/' as \u002f inside <script>
+
+
+def clustered(n_ids: int = N_IDS, per_id: int = PER_ID, dim: int = DIM, noise: float = 0.3, seed: int = 0):
+    """Embeddings with one planted cluster per identity, and the identities."""
+    rng = np.random.default_rng(seed)
+    pids = np.repeat(np.arange(n_ids), per_id)
+    return (rng.normal(size=(n_ids, dim))[pids] + noise * rng.normal(size=(len(pids), dim))).astype(np.float32), pids
+
+
+@pytest.fixture(scope="module")
+def toy(tmp_path_factory):
+    """A dataset of tiny coloured images with team / camera / loss metadata, and its embeddings."""
+    root = tmp_path_factory.mktemp("toy")
+    rng = np.random.default_rng(1)
+    emb, pids = clustered()
+    rows = []
+    for i, pid in enumerate(pids):
+        path = f"{pid}_{i}.png"
+        Image.new("RGB", (16, 32), tuple(int(c) for c in rng.integers(0, 255, 3))).save(root / path)
+        rows.append(dict(path=path, pid=int(pid), camid=i % 2, split="gallery" if i % 3 else "query",
+                         team=["red", "blue", "green"][pid % 3], loss=float(rng.random()), caption=f"player {pid}"))
+    return ReIdDataset(root, pd.DataFrame(rows), name="toy"), emb
+
+
+def nn1_purity(coords: np.ndarray, labels: np.ndarray) -> float:
+    """Fraction of points whose nearest other point (Euclidean) has the same label."""
+    idx = NearestNeighbors(n_neighbors=2).fit(coords).kneighbors(return_distance=False, n_neighbors=1)[:, 0]
+    return float(np.mean(labels[idx] == labels))
+
+
+# ------------------------------------------------------------------------------------ projections
+def test_pca_matches_svd_of_unit_rows():
+    emb, _ = clustered()
+    unit = emb / np.linalg.norm(emb, axis=1, keepdims=True)
+    centred = unit - unit.mean(0)
+    u, s, _ = np.linalg.svd(centred, full_matrices=False)
+    reference = u[:, :3] * s[:3]
+    out = project(emb, "pca", 3)
+    assert out.shape == (len(emb), 3) and out.dtype == np.float32
+    np.testing.assert_allclose(np.abs(out), np.abs(reference), atol=1e-4)  # components are defined up to sign
+
+
+def test_cosine_default_ignores_row_norms():
+    emb, _ = clustered()
+    scaled = emb * np.random.default_rng(3).uniform(0.1, 10, size=(len(emb), 1))
+    np.testing.assert_allclose(project(scaled, "pca"), project(emb, "pca"), atol=1e-5)
+    with pytest.raises(AssertionError):  # with a Euclidean metric the norms matter
+        np.testing.assert_allclose(project(scaled, "pca", metric="euclidean"), project(emb, "pca", metric="euclidean"),
+                                   atol=1e-3)
+
+
+def test_umap_separates_planted_clusters_and_is_reproducible():
+    warm_up()
+    assert warm_up() == 0.0  # once per process
+    emb, pids = clustered()
+    a = project(torch.from_numpy(emb), "umap", seed=0)
+    b = project(emb, "umap", seed=0)
+    np.testing.assert_array_equal(a, b)
+    assert a.shape == (len(emb), 2)
+    assert nn1_purity(a, pids) == 1.0
+    assert metrics.trustworthiness(emb, a, k=4) > 0.9
+
+
+def test_tsne_with_pca_prereduction():
+    emb, pids = clustered(dim=80)
+    out = project(emb, "tsne", seed=0)  # 'auto' pre-reduces 80 -> 50 dims
+    np.testing.assert_array_equal(out, project(emb, "tsne", seed=0))
+    assert out.shape == (len(emb), 2)
+    assert nn1_purity(out, pids) == 1.0
+
+
+def test_pca_prereduction_keeps_cosine_neighbours(monkeypatch):
+    # PCA of unit rows keeps Euclidean distances (exactly, when no variance is dropped), and between
+    # unit vectors Euclidean order is cosine order: so after the pre-reduction the metric is Euclidean.
+    emb, _ = clustered(dim=64, n_ids=4, per_id=10)
+    unit = emb / np.linalg.norm(emb, axis=1, keepdims=True)
+    reduced = PCA(39).fit_transform(unit)  # 40 points span at most 39 dimensions after centring
+    cos_nn = NearestNeighbors(n_neighbors=5, metric="cosine").fit(unit).kneighbors(return_distance=False)
+    euc_nn = NearestNeighbors(n_neighbors=5).fit(reduced).kneighbors(return_distance=False)
+    np.testing.assert_array_equal(cos_nn, euc_nn)
+
+    import umap
+
+    seen = {}
+
+    class FakeUMAP:
+        def __init__(self, n_components, **kw):
+            seen.update(kw, n_components=n_components)
+
+        def fit_transform(self, x):
+            seen["shape"] = x.shape
+            return x[:, :seen["n_components"]]
+
+    monkeypatch.setattr(umap, "UMAP", FakeUMAP)
+    project(emb, "umap", pca_dims=10, n_neighbors=7)
+    assert seen["metric"] == "euclidean" and seen["shape"] == (40, 10) and seen["n_neighbors"] == 7
+    project(emb, "umap")
+    assert seen["metric"] == "cosine" and seen["shape"] == (40, 64) and seen["random_state"] == 0
+
+
+def test_projection_config_roundtrip_and_validation(tmp_path):
+    cfg = ProjectionConfig("tsne", n_components=3, perplexity=12.0, options={"max_iter": 300})
+    assert ProjectionConfig.from_yaml(cfg.to_yaml()) == cfg
+    cfg.to_yaml(tmp_path / "p.yaml")
+    assert ProjectionConfig.from_yaml(tmp_path / "p.yaml") == cfg
+    for bad in (dict(method="isomap"), dict(n_components=4), dict(pca_dims=1), dict(n_neighbors=1), dict(threads=0)):
+        with pytest.raises(ValueError):
+            ProjectionConfig(**bad)
+    with pytest.raises(ValueError, match="unknown ProjectionConfig field"):
+        ProjectionConfig.from_dict({"methd": "pca"})
+    emb, _ = clustered()
+    np.testing.assert_array_equal(project(emb, ProjectionConfig("pca")), project(emb, "pca"))
+    with pytest.raises(ValueError, match="not both"):
+        project(emb, ProjectionConfig("pca"), seed=3)
+
+
+def test_project_rejects_bad_input():
+    emb, _ = clustered()
+    bad = emb.copy()
+    bad[7, 0] = np.nan
+    with pytest.raises(ValueError, match="row 7"):
+        project(bad, "pca")
+    zero = emb.copy()
+    zero[4] = 0
+    with pytest.raises(ValueError, match="row 4 is all zeros"):
+        project(zero, "pca")
+    with pytest.raises(ValueError, match="at least 4 rows"):
+        project(emb[:3], "pca")
+
+
+# ------------------------------------------------------------------------------------ static plots
+def test_plot_embeddings_categorical_column(toy):
+    ds, emb = toy
+    fig = plot_embeddings(emb, ds, color_by="team", method="pca")
+    teams = ds.table["team"].to_numpy()
+    assert isinstance(fig, go.Figure)
+    assert sorted(tr.name for tr in fig.data) == sorted(set(teams))
+    seen = []
+    for tr in fig.data:
+        assert tr.type == "scatter"  # small N: SVG
+        rows = trace_rows(tr)
+        assert set(teams[rows]) == {tr.name}
+        seen += rows.tolist()
+        # hover text shows the row's metadata
+        for r, text in zip(rows, tr.text):
+            assert f"pid: {ds.pids[r]}" in text and f"team: {teams[r]}" in text and f"{r}.png" in text
+    assert sorted(seen) == list(range(len(ds)))
+    assert len({tr.marker.color for tr in fig.data}) == len(fig.data)
+
+
+def test_plot_embeddings_alias_continuous_array_and_many_categories(toy):
+    ds, emb = toy
+    proj = project(emb, "pca")
+    cam = plot_embeddings(proj, ds, color_by="camera")  # alias of camid; a projection is plotted as is
+    assert sorted(tr.name for tr in cam.data) == ["0", "1"] and cam.layout.legend.title.text == "camid"
+    assert not any("camera" in t for tr in cam.data for t in tr.text)  # no duplicate hover line
+    np.testing.assert_allclose(np.concatenate([tr.x for tr in cam.data]),
+                               proj[np.concatenate([trace_rows(tr) for tr in cam.data]), 0])
+    loss = plot_embeddings(proj, ds, color_by="loss")
+    (tr,) = loss.data
+    np.testing.assert_allclose(tr.marker.color, ds.table["loss"].to_numpy()[trace_rows(tr)])
+    assert tr.marker.showscale
+    values = np.arange(len(ds)) % 4
+    arr = plot_embeddings(proj, None, color_by=values)
+    assert len(arr.data) == 4 and all("value: " in t for tr in arr.data for t in tr.text)
+    many = plot_embeddings(proj, ds, color_by="pid", max_legend=3)  # 6 pids > 3: one trace, cycled colours
+    (tr,) = many.data
+    colour_of = {}
+    for r, c in zip(trace_rows(tr), tr.marker.color):
+        assert colour_of.setdefault(ds.pids[r], c) == c
+    assert len(set(colour_of.values())) == N_IDS
+
+
+def test_plot_embeddings_correct_matches_brute_force(toy):
+    ds, emb = toy
+    noisy = emb + np.random.default_rng(5).normal(scale=2.0, size=emb.shape).astype(np.float32)  # some errors
+    fig = plot_embeddings(noisy, ds, color_by="correct", method="pca")
+    unit = noisy / np.linalg.norm(noisy, axis=1, keepdims=True)
+    sims = unit @ unit.T
+    np.fill_diagonal(sims, -np.inf)
+    expected = np.where(ds.pids[sims.argmax(1)] == ds.pids, "correct", "incorrect")
+    got = np.empty(len(ds), dtype=object)
+    for tr in fig.data:
+        got[trace_rows(tr)] = tr.name
+    np.testing.assert_array_equal(got, expected)
+    assert {"correct", "incorrect"} == set(expected)  # the test data has both
+    with pytest.raises(ValueError, match="high-dimensional"):
+        plot_embeddings(project(emb, "pca"), ds, color_by="correct")
+
+
+def test_plot_embeddings_webgl_and_3d():
+    big, pids = clustered(n_ids=10, per_id=120, dim=8)
+    fig = plot_embeddings(big, None, color_by=pids, method="pca")
+    assert {tr.type for tr in fig.data} == {"scattergl"}
+    assert {tr.type for tr in plot_embeddings(big[:50], None, color_by=pids[:50], method="pca", webgl=True).data} == {"scattergl"}
+    fig3 = plot_embeddings(big[:100], None, color_by=pids[:100], method="pca", n_components=3)
+    assert {tr.type for tr in fig3.data} == {"scatter3d"}
+    rows = np.concatenate([trace_rows(tr) for tr in fig3.data])
+    assert sorted(rows) == list(range(100))
+    proj3 = project(big[:100], "pca", 3)
+    tr = fig3.data[0]
+    np.testing.assert_allclose(np.c_[tr.x, tr.y, tr.z], proj3[trace_rows(tr)], atol=1e-6)
+
+
+def test_plot_embeddings_errors_name_the_problem(toy):
+    ds, emb = toy
+    with pytest.raises(ValueError, match="not a column.*team"):
+        plot_embeddings(emb, ds, color_by="jersey", method="pca")
+    with pytest.raises(ValueError, match="has 30 rows"):
+        plot_embeddings(emb[:10], ds, method="pca")
+    with pytest.raises(ValueError, match="one value per point"):
+        plot_embeddings(emb, ds, color_by=np.arange(5), method="pca")
+
+
+# ------------------------------------------------------------------------------------ before / after
+def test_aligned_pca_undoes_a_rotation():
+    emb, _ = clustered()
+    q, _ = np.linalg.qr(np.random.default_rng(2).normal(size=(DIM, DIM)))
+    before, after = aligned_projection(emb, emb @ q, "pca")
+    # rotating the embedding space rotates the PCA scores (up to sign flips); Procrustes undoes it
+    np.testing.assert_allclose(after, before, atol=1e-4)
+
+
+def test_aligned_umap_keeps_identical_embeddings_together():
+    emb, pids = clustered(n_ids=4, per_id=20)
+    before, after = aligned_projection(emb, emb.copy(), "aligned_umap", seed=0)
+    assert before.shape == after.shape == (80, 2)
+    spread = np.linalg.norm(before - before.mean(0), axis=1).mean()
+    assert np.linalg.norm(before - after, axis=1).mean() < 0.25 * spread
+    assert nn1_purity(after, pids) == 1.0
+
+
+def test_plot_before_after_shares_colours_and_reports_tightening(toy):
+    ds, tight = toy
+    loose = tight + np.random.default_rng(4).normal(scale=3.0, size=tight.shape).astype(np.float32)
+    fig = plot_before_after(loose, tight, ds, color_by="team", method="pca")
+    assert len(fig.data) == 2 * 3
+    left = {tr.name: tr.marker.color for tr in fig.data if tr.xaxis == "x"}
+    right = {tr.name: tr.marker.color for tr in fig.data if tr.xaxis == "x2"}
+    assert left == right and len(left) == 3
+    titles = [a.text for a in fig.layout.annotations]
+    accs = [float(re.search(r"accuracy ([0-9.]+)", t).group(1)) for t in titles]
+    assert accs == pytest.approx([metrics.knn_accuracy(loose, ds.pids, 5), metrics.knn_accuracy(tight, ds.pids, 5)],
+                                 abs=1e-3)
+    assert accs[1] > accs[0]
+    assert all(sorted(np.concatenate([trace_rows(tr) for tr in fig.data if tr.xaxis == ax])) == list(range(len(ds)))
+               for ax in ("x", "x2"))
+
+
+def test_plot_before_after_correct_is_per_panel(toy):
+    ds, tight = toy
+    loose = tight + np.random.default_rng(4).normal(scale=3.0, size=tight.shape).astype(np.float32)
+    fig = plot_before_after(loose, tight, ds, color_by="correct", method="pca")
+    right = {tr.name for tr in fig.data if tr.xaxis == "x2"}
+    assert right == {"correct"}  # the planted clusters: every nearest neighbour is right
+    assert "incorrect" in {tr.name for tr in fig.data if tr.xaxis == "x"}
+
+
+# ------------------------------------------------------------------------------------ HTML export
+def test_thumbnail_uri_is_small_and_decodes():
+    img = Image.new("RGB", (40, 120), (200, 30, 40))
+    uri = thumbnail_uri(img, height=48)
+    head, data = uri.split(",", 1)
+    assert re.fullmatch(r"data:image/(webp|jpeg);base64", head)
+    back = Image.open(io.BytesIO(base64.b64decode(data)))
+    assert back.size == (16, 48)
+    assert len(uri) < 2000
+
+
+def test_html_fragment_embeds_thumbnails_and_hover_script(toy):
+    ds, emb = toy
+    fig = plot_embeddings(emb, ds, color_by="team", method="pca")
+    frag = html_fragment(fig, ds, div_id="players")
+    assert frag.lstrip().startswith("<div") and "<html" not in frag
+    assert "plotly_hover" in frag and "getElementById('players')" in frag
+    assert len(re.findall(URI, frag)) == len(ds)
+    assert fig.data[0].customdata.shape[1] == 1  # the caller's figure is not modified
+    plain = html_fragment(fig, ds, thumbnails=False)
+    assert "plotly_hover" not in plain and "data:image" not in plain
+
+
+def test_export_html_writes_a_standalone_page(toy, tmp_path):
+    ds, emb = toy
+    path = export_html(emb, ds, tmp_path / "sub" / "page.html", color_by="pid", method="pca",
+                       include_plotlyjs="cdn")
+    text = path.read_text()
+    assert text.startswith("<!DOCTYPE html>") and "</html>" in text
+    assert len(re.findall(URI, text)) == len(ds)
+
+
+def test_export_rejects_figures_without_rows(toy):
+    ds, _ = toy
+    with pytest.raises(ValueError, match="no customdata"):
+        html_fragment(go.Figure(go.Scatter(x=[1, 2], y=[3, 4])), ds)
+
+
+# ------------------------------------------------------------------------------------ numbers
+def test_same_id_pairs_are_distinct_images_of_one_identity():
+    pids = np.array([3, 1, 3, 2, 1, 3, -1, -1, 5])
+    i, j = _same_id_pairs(pids, 100, np.random.default_rng(0))
+    assert len(i) == 5  # every image of an identity with >= 2 labelled images (pid 3: 3, pid 1: 2)
+    assert np.all(i != j) and np.all(pids[i] == pids[j]) and np.all(pids[i] >= 0)
+    i2, _ = _same_id_pairs(pids, 3, np.random.default_rng(0))
+    assert len(i2) == 3
+
+
+def test_embedding_report_values(toy):
+    ds, emb = toy
+    proj = project(emb, "pca")
+    table = embedding_report(emb, ds, proj, k=3, k_projection=5)
+    assert list(table.index) == ["knn_accuracy", "alignment", "uniformity", "neighbourhood_overlap", "trustworthiness"]
+    assert table.loc["knn_accuracy", "value"] == pytest.approx(metrics.knn_accuracy(emb, ds.pids, 3))
+    assert table.loc["uniformity", "value"] == pytest.approx(metrics.uniformity(emb))
+    assert table.loc["trustworthiness", "value"] == pytest.approx(metrics.trustworthiness(emb, proj, 5))
+    assert table.loc["neighbourhood_overlap", "value"] == pytest.approx(metrics.neighbourhood_overlap(emb, proj, 5))
+    # alignment of same-identity pairs sits between 0 and the alignment of random pairs
+    unit = emb / np.linalg.norm(emb, axis=1, keepdims=True)
+    random_pairs = np.mean(((unit - unit[np.random.default_rng(0).permutation(len(unit))]) ** 2).sum(1))
+    assert 0 < table.loc["alignment", "value"] < random_pairs
+    assert set(table["better"]) == {"higher", "lower"}
+    no_proj = embedding_report(emb, ds.pids)
+    assert "trustworthiness" not in no_proj.index
+
+
+def test_embedding_report_ignores_unknown_identities(toy):
+    ds, emb = toy
+    pids = ds.pids.copy()
+    pids[:5] = -1
+    table = embedding_report(emb, pids, k=3)
+    assert table.loc["knn_accuracy", "value"] == pytest.approx(metrics.knn_accuracy(emb[5:], pids[5:], 3))
