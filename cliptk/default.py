@@ -63,7 +63,13 @@ def finetuned(config: str | os.PathLike | None = None, *, progress: bool = True,
     cfg = TrainConfig.from_yaml(config or config_path())
     if is_smoke():
         cfg = cfg.replace(max_steps=min(cfg.max_steps or 6, 6), epochs=1, eval_every=1)
-    key = hashlib.blake2b(cfg.to_yaml().encode(), digest_size=6).hexdigest()
+    from .models import BUNDLED
+
+    source = cfg.pretrained
+    if (cfg.model, str(cfg.pretrained)) in BUNDLED:  # the bundled file may be re-made: key on its bytes' identity
+        st = (Path(data_dir()) / BUNDLED[(cfg.model, str(cfg.pretrained))]).stat()
+        source = f"{source}:{st.st_size}:{st.st_mtime_ns}"
+    key = hashlib.blake2b(f"{cfg.to_yaml()}|{source}".encode(), digest_size=6).hexdigest()
     out = Path(data_dir()) / "generated" / f"finetuned-{key}{'-smoke' if is_smoke() else ''}"
     weights, rows = out / "model.safetensors", out / "history.json"
     if weights.is_file() and rows.is_file():
