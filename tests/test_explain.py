@@ -1,0 +1,522 @@
+"""Score-CAM / Grad-CAM of image-to-image similarity: maps, fast path vs pytorch_grad_cam, hooks,
+dtypes, faithfulness curves, pair selection, pictures and the pair picker widget.
+
+Models are tiny and randomly initialised (seeded). The random tiny ResNet's embedding is almost
+constant (open_clip zero-initialises each bottleneck's last BN and eval-mode BN does not normalise),
+so its BatchNorm statistics are calibrated on noise first; ResNet Score-CAMs run on ``layer1.0``
+(64 channels) to keep the library path cheap — the code path (4-D activations) is the default's.
+"""
+from __future__ import annotations
+
+import math
+
+import numpy as np
+import pandas as pd
+import pytest
+import torch
+import torch.nn.functional as F
+from PIL import Image, ImageDraw
+from torch import nn
+
+import cliptk as ct
+from cliptk import explain as ex
+from cliptk.explain import (CamConfig, Faithfulness, SimilarityTarget, default_target_layer, explain_topk,
+                            faithfulness, plot_cam_grid, plot_cam_pair, plot_faithfulness, select_pairs,
+                            similarity_cam, similarity_cams)
+
+RN_LAYER = "layer1.0"
+
+
+def pearson(a: np.ndarray, b: np.ndarray) -> float:
+    return float(np.corrcoef(np.ravel(a), np.ravel(b))[0, 1])
+
+
+def noise_image(seed: int, size=(20, 44)) -> Image.Image:
+    rng = np.random.default_rng(seed)
+    return Image.fromarray(rng.integers(0, 256, (size[1], size[0], 3), dtype=np.uint8))
+
+
+def calibrate_bn(model: ct.ClipModel, seed: int = 0) -> ct.ClipModel:
+    """Give a random ModifiedResNet informative embeddings: unit bn3 weights, BN stats from noise."""
+    g = torch.Generator().manual_seed(seed)
+    for name, mod in model.visual.named_modules():
+        if isinstance(mod, nn.BatchNorm2d):
+            mod.momentum = None
+            mod.reset_running_stats()
+            if name.endswith("bn3"):
+                nn.init.ones_(mod.weight)
+    model.train()
+    with torch.no_grad():
+        model(torch.randn(16, 3, *model.image_size, generator=g))
+    return model.eval()
+
+
+def all_hooks(model: nn.Module) -> int:
+    return sum(len(m._forward_hooks) + len(m._forward_pre_hooks) + len(m._backward_hooks) for m in model.modules())
+
+
+@pytest.fixture(scope="module")
+def micro():
+    torch.manual_seed(0)
+    return ct.load_model("cliptk-micro", None)
+
+
+@pytest.fixture(scope="module")
+def rn():
+    torch.manual_seed(0)
+    return calibrate_bn(ct.load_model("cliptk-tiny-rn", None))
+
+
+@pytest.fixture(scope="module")
+def tiny():
+    torch.manual_seed(0)
+    return ct.load_model("cliptk-tiny", None, image_only=True)
+
+
+@pytest.fixture(scope="module")
+def images():
+    return [noise_image(i, size=(20 + 3 * i, 44 - 2 * i)) for i in range(6)]
+
+
+@pytest.fixture(scope="module")
+def rn_maps(rn, images):
+    """ResNet maps shared by several tests: fast path for B and C, with the logit scale and with
+    scale 1, and the library path for B (symmetric maps are checked on the ViT)."""
+    fast = similarity_cams(rn, images[0], images[1:3], layer=RN_LAYER)
+    plain = similarity_cams(rn, images[0], images[1:3], layer=RN_LAYER, scale=1.0)
+    lib = similarity_cam(rn, images[0], images[1], layer=RN_LAYER)
+    return fast, plain, lib
+
+
+# --- target, layers, grid --------------------------------------------------------------------------
+def test_similarity_target_is_scaled_cosine():
+    ref = torch.tensor([3.0, 4.0])
+    out = torch.tensor([[4.0, 3.0], [0.0, 2.0]])
+    t = SimilarityTarget(ref, scale=7.0)
+    expected = 7.0 * (out @ ref) / (out.norm(dim=1) * ref.norm())
+    assert torch.allclose(t(out), expected)
+    assert torch.allclose(t(out[0]), expected[0])   # ScoreCAM passes single [D] outputs
+
+
+def test_default_layers_per_tower(micro, rn):
+    assert micro.visual.get_submodule("transformer.resblocks.1.ln_1") is micro.get_submodule(default_target_layer(micro))
+    assert default_target_layer(micro) == "clip.visual.transformer.resblocks.1.ln_1"
+    assert rn.get_submodule(default_target_layer(rn)) is rn.visual.layer4[-1]
+    name, module = ex._resolve_layer(rn, "layer3.0")   # relative to the image tower
+    assert module is rn.visual.layer3[0] and name == "clip.visual.layer3.0"
+    with pytest.raises(ValueError, match="not a submodule"):
+        ex._resolve_layer(rn, "layer9")
+    with pytest.raises(ValueError, match="image tower"):
+        ex._resolve_layer(micro, "clip.transformer.resblocks.0")   # a text-tower layer never runs
+
+
+def test_token_grid_from_model_and_reshape(micro, tiny):
+    assert ex._token_grid(micro) == (32 // 8, 16 // 8)
+    assert ex._token_grid(tiny) == (96 // 8, 48 // 8)
+    rows, cols = ex._token_grid(micro)
+    tokens = torch.randn(2, 1 + rows * cols, 5)
+    grid = ex._reshape_for(micro)(tokens)
+    assert grid.shape == (2, 5, rows, cols)
+    for r in range(rows):
+        for c in range(cols):   # patch tokens are row-major after the class token
+            assert torch.equal(grid[:, :, r, c], tokens[:, 1 + r * cols + c])
+    seq_first = ex._ToGrid((rows, cols), batch_first=False)(tokens.transpose(0, 1))
+    assert torch.equal(seq_first, grid)
+
+
+# --- maps ------------------------------------------------------------------------------------------
+def test_map_shape_range_and_similarity(micro, images):
+    a, b = images[0], images[3]
+    cam = similarity_cam(micro, a, b, symmetric=True)
+    assert cam.map_a.shape == (a.size[1], a.size[0]) and cam.map_b.shape == (b.size[1], b.size[0])
+    assert cam.input_map_a.shape == micro.image_size == cam.input_map_b.shape
+    for m in (cam.map_a, cam.map_b, cam.input_map_a):
+        assert m.dtype == np.float32 and m.min() >= 0 and m.max() <= 1 + 1e-6
+    assert cam.input_map_a.min() == pytest.approx(0, abs=1e-6) and cam.input_map_a.max() == pytest.approx(1, abs=1e-5)
+    with torch.no_grad():
+        e = micro.encode_image(torch.stack([micro.preprocess(a), micro.preprocess(b)]))
+    assert cam.similarity == pytest.approx(float(e[0] @ e[1]), abs=1e-5)
+    assert cam.scale == pytest.approx(float(micro.logit_scale.detach().exp()))
+    assert cam.grid == (4, 2)   # 32x16 pixels, patch 8
+    assert "similarity=" in repr(cam)
+
+
+def test_map_back_to_letterboxed_image(tiny):
+    """A map marking a square in model-input coordinates lands on the same square of the original."""
+    img = Image.new("RGB", (70, 90), (0, 0, 0))   # wider than the model's 1:2, so it is letterboxed
+    ImageDraw.Draw(img).rectangle([10, 50, 40, 75], fill=(255, 255, 255))
+    x = tiny.preprocess(img)
+    white = ((x - x.min()) > 0.5 * (x.max() - x.min())).all(0).numpy().astype(np.float32)
+    assert white[0].sum() == 0 and white[-1].sum() == 0   # padding rows above and below
+    back = ex._to_image(tiny, white, img) > 0.5
+    truth = np.asarray(img)[..., 0] > 127
+    iou = (back & truth).sum() / (back | truth).sum()
+    assert back.shape == truth.shape and iou > 0.8
+
+
+def test_map_depends_on_b_with_logit_scale(rn_maps, micro, images):
+    fast, plain, _ = rn_maps
+    scaled_change = 1 - pearson(fast[0].map_a, fast[1].map_a)
+    plain_change = 1 - pearson(plain[0].map_a, plain[1].map_a)
+    # a plain cosine gives near-uniform softmax weights: B barely matters; the logit scale makes it matter
+    assert scaled_change > 10 * plain_change
+    assert np.abs(fast[0].map_a - fast[1].map_a).max() > 0.02
+    vit = similarity_cams(micro, images[0], [images[1], images[4]])
+    assert pearson(vit[0].map_a, vit[1].map_a) < 0.99
+
+
+def test_fast_path_equals_library_vit(micro, images):
+    lib = similarity_cam(micro, images[0], images[2], symmetric=True)
+    fast = similarity_cam(micro, images[0], images[2], symmetric=True, fast=True)
+    assert fast.method == "scorecam-fast" and lib.method == "scorecam"
+    assert pearson(lib.input_map_a, fast.input_map_a) >= 0.99
+    assert pearson(lib.input_map_b, fast.input_map_b) >= 0.99
+    assert np.abs(lib.map_a - fast.map_a).max() < 1e-3
+
+
+def test_fast_path_equals_library_resnet(rn_maps):
+    fast, _, lib = rn_maps
+    assert pearson(lib.input_map_a, fast[0].input_map_a) >= 0.99
+    assert fast[0].similarity == pytest.approx(lib.similarity, abs=1e-5)
+
+
+def reference_score_cam(model, x: torch.Tensor, reference: torch.Tensor, layer: nn.Module, scale: float) -> np.ndarray:
+    """Score-CAM from its definition, one channel at a time (Wang et al. 2020, as pytorch_grad_cam
+    normalises); a channel with constant activation gets an all-zero mask."""
+    store = []
+    handle = layer.register_forward_hook(lambda m, i, o: store.append(o))
+    with torch.no_grad():
+        model(x[None])
+        handle.remove()
+        acts = ex._reshape_for(model)(store[0])[0]
+        H, W = x.shape[-2:]
+        scores = []
+        for c in range(acts.shape[0]):
+            up = F.interpolate(acts[c][None, None], size=(H, W), mode="bilinear", align_corners=True)[0, 0]
+            mask = torch.zeros_like(up) if acts[c].min() == acts[c].max() else (up - up.min()) / (up.max() - up.min() + 1e-8)
+            scores.append(scale * F.cosine_similarity(model(x[None] * mask), reference[None])[0])
+        w = torch.stack(scores).softmax(0)
+        cam = (w[:, None, None] * acts).sum(0).clamp_min(0)
+        cam = (cam - cam.min()) / (cam.max() - cam.min() + 1e-7)
+        cam = F.interpolate(cam[None, None], size=(H, W), mode="bilinear", align_corners=False)[0, 0]
+    return ((cam - cam.min()) / (cam.max() - cam.min() + 1e-7)).numpy()
+
+
+def test_constant_channels_share_one_blank_pass(images):
+    """Channels with constant activation are not masked one by one but scored by one blank image;
+    the map equals Score-CAM's definition, and the library's when the constants are exact zeros."""
+    torch.manual_seed(1)
+    model = ct.load_model("cliptk-micro", None, image_only=True)
+    ln = model.visual.transformer.resblocks[-1].ln_1
+    with torch.no_grad():
+        ln.weight[:12] = 0
+        ln.bias[:12] = 0.0
+    lib = similarity_cam(model, images[0], images[1])
+    fast = similarity_cam(model, images[0], images[1], fast=True)
+    assert pearson(lib.input_map_a, fast.input_map_a) >= 0.999
+    with torch.no_grad():
+        ln.bias[:12] = torch.linspace(-1, 1, 12)   # constant, non-zero: the library's masks turn to noise
+        ref_b = model(fast.input_b[None])[0]
+    fast = similarity_cam(model, images[0], images[1], fast=True)
+    ref = reference_score_cam(model, fast.input_a, ref_b, ln, fast.scale)
+    assert np.abs(fast.input_map_a - ref).max() < 1e-4
+
+
+@pytest.mark.gpu
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA device")
+def test_fast_path_on_cuda_with_amp_matches_library(images):
+    torch.manual_seed(0)
+    model = ct.load_model("cliptk-tiny", None, image_only=True, device="cuda").to(torch.bfloat16)
+    lib = similarity_cam(model, images[0], images[1])
+    fast = similarity_cams(model, images[0], images[1:3])   # bf16 autocast, batches of 256, fp32 dot products
+    assert pearson(lib.input_map_a, fast[0].input_map_a) >= 0.99
+    assert next(model.parameters()).dtype == torch.bfloat16 and all_hooks(model) == 0
+
+
+def test_k_maps_in_one_pass_equal_single_pairs(micro, images):
+    many = similarity_cams(micro, images[0], images[1:5])
+    assert [c.image_b for c in many] == images[1:5]
+    for i, cam in enumerate(many):
+        one = similarity_cam(micro, images[0], images[1 + i], fast=True)
+        assert np.allclose(cam.map_a, one.map_a, atol=1e-5)
+        assert cam.similarity == pytest.approx(one.similarity, abs=1e-6)
+
+
+def test_approximate_mode(micro, images):
+    exact = similarity_cams(micro, images[0], images[1:3])
+    full = similarity_cams(micro, images[0], images[1:3], top_channels=1.0)
+    n_channels = micro.visual.transformer.width
+    assert full[0].channels == n_channels and np.allclose(full[0].map_a, exact[0].map_a, atol=1e-6)
+    approx = similarity_cams(micro, images[0], images[1:3], top_channels=0.25)
+    assert approx[0].channels == math.ceil(0.25 * n_channels) and approx[0].method == "scorecam-approx"
+    assert similarity_cams(micro, images[0], images[1:2], top_channels=5)[0].channels == 5
+    assert approx[0].map_a.shape == exact[0].map_a.shape and 0 <= approx[0].map_a.min() <= approx[0].map_a.max() <= 1
+
+
+def test_gradcam_of_the_same_similarity(micro, rn, images):
+    for model, layer in ((micro, None), (rn, RN_LAYER)):
+        cam = similarity_cam(model, images[0], images[1], method="gradcam", layer=layer, symmetric=True)
+        assert cam.method == "gradcam" and cam.map_a.shape == (images[0].size[1], images[0].size[0])
+        assert np.isfinite(cam.map_a).all() and cam.input_map_a.max() == pytest.approx(1, abs=1e-5)
+        assert all(p.grad is None for p in model.parameters())
+
+
+# --- resources and dtypes ----------------------------------------------------------------------------
+def test_hooks_released_and_state_restored(micro, images, monkeypatch):
+    micro.train()
+    flags = [p.requires_grad for p in micro.parameters()]
+    for _ in range(2):
+        similarity_cam(micro, images[0], images[1])
+        similarity_cam(micro, images[0], images[1], method="gradcam")
+        similarity_cams(micro, images[0], images[1:3])
+        faithfulness(micro, similarity_cam(micro, images[0], images[1], fast=True), steps=2, n_random=1)
+    assert all_hooks(micro) == 0
+
+    def boom(self, x):
+        raise RuntimeError("reshape failed")
+
+    monkeypatch.setattr(ex._ToGrid, "__call__", boom)   # fails inside the library's hook, mid-forward
+    for fast in (False, True):
+        with pytest.raises(RuntimeError, match="reshape failed"):   # not swallowed like the library's IndexError
+            similarity_cam(micro, images[0], images[1], fast=fast)
+    assert all_hooks(micro) == 0
+    assert micro.training and [p.requires_grad for p in micro.parameters()] == flags
+    micro.eval()
+
+
+def test_fp32_under_bf16_and_dtype_restored(images):
+    torch.manual_seed(2)
+    half = ct.load_model("cliptk-micro", None, image_only=True).to(torch.bfloat16)
+    full = ct.load_model("cliptk-micro", None, image_only=True)
+    full.load_state_dict({k: v.float() for k, v in half.state_dict().items()})   # same (rounded) weights
+    first = next(half.parameters())
+    marker = torch.ones_like(first)
+    first.grad = marker
+    seen = []
+    handle = half.visual.transformer.resblocks[0].register_forward_hook(lambda m, i, o: seen.append(o.dtype))
+    try:
+        for fast in (False, True):
+            got = similarity_cam(half, images[0], images[1], fast=fast)
+            ref = similarity_cam(full, images[0], images[1], fast=fast)
+            assert np.allclose(got.input_map_a, ref.input_map_a, atol=1e-4)
+            assert got.similarity == pytest.approx(ref.similarity, abs=1e-6)
+    finally:
+        handle.remove()
+    assert seen and set(seen) == {torch.float32}
+    assert all(p.dtype == torch.bfloat16 for p in half.parameters())
+    assert all(b.dtype == torch.bfloat16 for b in half.buffers() if b.is_floating_point())
+    assert half.dtype == torch.bfloat16 and first.grad is marker
+
+
+# --- inputs and options -------------------------------------------------------------------------------
+def test_dataset_indices_tensors_and_errors(micro, tmp_path):
+    rows = []
+    for i in range(4):
+        noise_image(10 + i).save(tmp_path / f"{i}.png")
+        rows.append({"path": f"{i}.png", "pid": i % 2, "split": "query" if i < 2 else "gallery"})
+    pd.DataFrame(rows).to_csv(tmp_path / "m.csv", index=False)
+    ds = ct.read_csv(tmp_path / "m.csv")
+    q, g = ds.subset("query"), ds.subset("gallery")
+    by_index = similarity_cam(micro, 1, 0, dataset=(q, g), fast=True)
+    by_image = similarity_cam(micro, q[1], g[0], fast=True)
+    assert np.allclose(by_index.map_a, by_image.map_a) and by_index.label_b == f"{g.name}[0] pid 0"
+    x_a, x_b = micro.preprocess(q[1]), micro.preprocess(g[0])
+    by_tensor = similarity_cam(micro, x_a, x_b[None], fast=True)
+    assert by_tensor.map_a.shape == micro.image_size and np.allclose(by_tensor.map_a, by_image.input_map_a)
+    top = explain_topk(micro, 1, g, k=2, dataset=q)
+    with torch.no_grad():
+        e = micro.encode_image(torch.stack([x_a] + [micro.preprocess(g[i]) for i in range(len(g))]))
+    best = int(torch.argmax(e[1:] @ e[0]))
+    assert len(top) == 2 and top[0].label_b == f"{g.name}[{best}] pid {g.pids[best]}" and top[0].label_a == by_index.label_a
+    with pytest.raises(TypeError, match="dataset="):
+        similarity_cam(micro, 0, 1)
+    with pytest.raises(IndexError, match="out of range"):
+        similarity_cam(micro, 0, 9, dataset=ds)
+    with pytest.raises(ValueError, match=r"\[3, 32, 16\]"):
+        similarity_cam(micro, torch.zeros(3, 8, 8), x_b)
+    with pytest.raises(TypeError, match="unknown explanation option"):
+        similarity_cam(micro, x_a, x_b, bacth_size=4)
+    with pytest.raises(ValueError, match="fast=True"):
+        similarity_cam(micro, x_a, x_b, top_channels=4)
+    with pytest.raises(ValueError, match="Score-CAM only"):
+        similarity_cams(micro, x_a, [x_b], method="gradcam")
+    with pytest.raises(ValueError, match="top_channels"):
+        CamConfig(top_channels=0)
+
+
+def test_config_yaml_round_trip():
+    import dataclasses
+
+    import yaml
+
+    cfg = CamConfig(method="scorecam", fast=True, layer="layer4.0", scale=30.0, batch_size=8, top_channels=0.25)
+    assert CamConfig(**yaml.safe_load(yaml.safe_dump(dataclasses.asdict(cfg)))) == cfg
+    assert CamConfig.from_options({"scale": 2.0}, batch_size=4) == CamConfig(scale=2.0, batch_size=4)
+    with pytest.raises(ValueError, match="Grad-CAM"):
+        CamConfig(method="gradcam", fast=True)
+
+
+def test_batch_size_is_an_argument(micro, images, monkeypatch):
+    import pytorch_grad_cam
+
+    seen = []
+    orig = pytorch_grad_cam.ScoreCAM.get_cam_weights
+    monkeypatch.setattr(pytorch_grad_cam.ScoreCAM, "get_cam_weights",
+                        lambda self, *a: seen.append(self.batch_size) or orig(self, *a))
+    a = similarity_cam(micro, images[0], images[1], batch_size=5)
+    b = similarity_cam(micro, images[0], images[1], batch_size=32)
+    assert seen == [5, 32] and np.allclose(a.map_a, b.map_a, atol=1e-5)
+
+
+def test_explain_topk_ranks_gallery(micro, images):
+    gallery = images[1:]
+    cams = explain_topk(micro, images[0], gallery, k=3)
+    with torch.no_grad():
+        e = micro.encode_image(torch.stack([micro.preprocess(i) for i in images]))
+    order = torch.argsort(e[1:] @ e[0], descending=True)[:3].tolist()
+    assert [c.label_b for c in cams] == [f"gallery[{i}]" for i in order]
+    assert [c.similarity for c in cams] == sorted([c.similarity for c in cams], reverse=True)
+    ref = similarity_cams(micro, images[0], [gallery[i] for i in order])
+    assert all(np.allclose(c.map_a, r.map_a, atol=1e-5) for c, r in zip(cams, ref))
+
+
+# --- faithfulness -------------------------------------------------------------------------------------
+def test_faithfulness_curves_match_brute_force(micro, images):
+    cam = similarity_cam(micro, images[0], images[1], fast=True)
+    steps = 4
+    f = faithfulness(micro, cam, steps=steps, n_random=2, seed=0)
+    x = cam.input_a
+    with torch.no_grad():
+        ref = micro.encode_image(cam.input_b[None])[0]
+        order = np.argsort(-cam.input_map_a.ravel(), kind="stable")
+        blurred = ex._blur(x[None])[0]
+        for i, frac in enumerate(np.linspace(0, 1, steps + 1)):
+            top = np.zeros(x.shape[1] * x.shape[2], bool)
+            top[order[:round(frac * top.size)]] = True
+            top = torch.from_numpy(top.reshape(x.shape[1:]))
+            deleted = torch.where(top, torch.zeros_like(x), x)
+            inserted = torch.where(top, x, blurred)
+            assert f.deletion[i] == pytest.approx(float(micro.encode_image(deleted[None])[0] @ ref), abs=1e-5)
+            assert f.insertion[i] == pytest.approx(float(micro.encode_image(inserted[None])[0] @ ref), abs=1e-5)
+    assert f.deletion[0] == pytest.approx(cam.similarity, abs=1e-5) == f.insertion[-1]
+    assert f.random_deletion[0] == pytest.approx(f.deletion[0]) and f.random_deletion[-1] == pytest.approx(f.deletion[-1])
+    assert f.deletion_auc == pytest.approx(np.trapezoid(f.deletion, f.fractions))
+    assert f.deletion_gain == pytest.approx(f.random_deletion_auc - f.deletion_auc)
+
+
+class _TopLeftEncoder(nn.Module):
+    """Embeds only the top-left quarter of the image: the ground truth for a faithfulness check."""
+
+    def __init__(self):
+        super().__init__()
+        self.proj = nn.Linear(3 * 16 * 8, 24)
+        torch.manual_seed(3)
+        nn.init.normal_(self.proj.weight)
+
+    def forward(self, x):
+        return F.normalize(self.proj(x[:, :, :16, :8].flatten(1)), dim=-1)
+
+
+def test_faithfulness_prefers_a_truthful_map(micro, images):
+    cam = similarity_cam(micro, images[0], images[0], fast=True)   # B = A: similarity 1 to start from
+    truth = np.zeros(micro.image_size, np.float32)
+    truth[:16, :8] = np.linspace(1, 0.5, 16 * 8).reshape(16, 8)
+    wrong = 1.0 - truth   # ranks the pixels that matter last
+    encoder = _TopLeftEncoder()
+    for order in ("smooth", "pixel"):
+        good = faithfulness(encoder, cam, saliency=truth, steps=8, n_random=4, random_order=order)
+        bad = faithfulness(encoder, cam, saliency=wrong, steps=8, n_random=4, random_order=order)
+        assert good.deletion_auc < good.random_deletion_auc < bad.deletion_auc
+        assert good.insertion_auc > good.random_insertion_auc > bad.insertion_auc
+        assert good.deletion_gain > 0 > bad.deletion_gain
+
+
+def test_faithfulness_errors(micro, images):
+    cam = similarity_cam(micro, images[0], images[1], fast=True)
+    with pytest.raises(ValueError, match="symmetric=True"):
+        faithfulness(micro, cam, which="b")
+    with pytest.raises(ValueError, match="shape"):
+        faithfulness(micro, cam, saliency=np.zeros((3, 3)))
+    with pytest.raises(ValueError, match="random_order"):
+        faithfulness(micro, cam, random_order="noise")
+
+
+# --- pairs and pictures -------------------------------------------------------------------------------
+def test_select_pairs_against_loops():
+    rng = np.random.default_rng(0)
+    q, g = rng.normal(size=(5, 4)), rng.normal(size=(9, 4))
+    qp, gp = np.array([0, 1, 2, 3, 9]), np.array([0, 0, 1, 1, 2, 2, 3, 3, 4])
+    qn, gn = q / np.linalg.norm(q, axis=1, keepdims=True), g / np.linalg.norm(g, axis=1, keepdims=True)
+    s = qn @ gn.T
+    wrong = [(i, max((j for j in range(9) if gp[j] != qp[i]), key=lambda j: s[i, j])) for i in range(5)]
+    wrong.sort(key=lambda p: -s[p])
+    assert [(i, j) for i, j, _ in select_pairs(q, g, qp, gp, kind="hardest_wrong", n=3)] == wrong[:3]
+    right = [(i, min((j for j in range(9) if gp[j] == qp[i]), key=lambda j: s[i, j])) for i in range(4)]
+    right.sort(key=lambda p: s[p])   # query 4 (pid 9) has no match and is left out
+    got = select_pairs(q, g, qp, gp, kind="hardest_right", n=10)
+    assert [(i, j) for i, j, _ in got] == right and got[0][2] == pytest.approx(s[right[0]])
+    top = select_pairs(q, g, qp, gp, kind="top_matches", n=5)
+    assert [j for _, j, _ in sorted(top)] == list(s.argmax(1))
+    with pytest.raises(ValueError, match="kind"):
+        select_pairs(q, g, qp, gp, kind="best")
+
+
+def test_figures_render_to_html(micro, images):
+    import plotly.graph_objects as go
+
+    cams = similarity_cams(micro, images[0], images[1:4], symmetric=True)
+    pair = plot_cam_pair(cams[0])
+    kinds = [type(t).__name__ for t in pair.data]
+    assert kinds == ["Image", "Heatmap", "Image", "Heatmap"] and isinstance(pair, go.Figure)
+    z = np.asarray(pair.data[1].z)
+    assert z.dtype == np.uint8 and z.max() <= 100 and max(z.shape) <= 64   # compact heatmap in whole percent
+    assert z.shape == cams[0].map_a.shape   # a small image keeps its own size
+    grid = plot_cam_grid(cams, pairs_per_row=2)
+    assert len(grid.data) == 12 and grid.layout.annotations[0].text.startswith(f"sim {cams[0].similarity:.3f}")
+    one_sided = plot_cam_grid([similarity_cam(micro, images[0], images[1], fast=True)])
+    assert [type(t).__name__ for t in one_sided.data] == ["Image", "Heatmap", "Image"]
+    f = faithfulness(micro, cams[0], steps=3, n_random=1)
+    curves = plot_faithfulness([f, f])
+    assert len(curves.data) == 8
+    for fig in (pair, grid, curves):
+        html = fig.to_html(include_plotlyjs=False, full_html=False)
+        assert "Plotly.newPlot" in html and "<script src" not in html
+    assert "cdn.plot.ly" in pair.to_html(include_plotlyjs="cdn")
+    with pytest.raises(ValueError, match="no explanations"):
+        plot_cam_grid([])
+    assert isinstance(f, Faithfulness) and "deletion AUC" in repr(f)
+
+
+# --- widget ---------------------------------------------------------------------------------------------
+def test_pair_picker_widget(micro, tmp_path):
+    from cliptk.widgets_cam import CamPairPicker
+
+    rows = []
+    for i in range(6):
+        noise_image(20 + i).save(tmp_path / f"{i}.png")
+        rows.append({"path": f"{i}.png", "pid": i % 3, "split": "query" if i < 2 else "gallery"})
+    pd.DataFrame(rows).to_csv(tmp_path / "m.csv", index=False)
+    ds = ct.read_csv(tmp_path / "m.csv")
+    picker = CamPairPicker(micro, ds)
+    seen = []
+    picker.on_result(seen.append)
+    cam = picker.select(1, 4)
+    assert cam is picker.result and seen == [cam] and cam.label_a.endswith("[1] pid 1")
+    ref = similarity_cam(micro, 1, 4, dataset=ds, symmetric=True)
+    assert pearson(cam.input_map_a, ref.input_map_a) >= 0.99 and cam.map_b is not None
+    # gallery ordered by similarity to the query (rank 1 first), and the rank slider walks it
+    with torch.no_grad():
+        e = micro.encode_image(torch.stack([micro.preprocess(ds[i]) for i in range(6)]))
+    expected = [2 + int(j) for j in torch.argsort(e[2:] @ e[1], descending=True)]
+    assert [v for _, v in picker.gallery.options] == expected
+    new_rank = 1 if picker.gallery.index == 0 else 0
+    picker.rank.value = new_rank
+    g = expected[new_rank]
+    assert picker.gallery.value == g and picker.result.label_b.endswith(f"[{g}] pid {g % 3}")
+    picker.method.value = "gradcam"
+    assert picker.result.method == "gradcam" and len(seen) == 3
+    with pytest.raises(ValueError, match="query split"):
+        picker.select(4)
+    with pytest.raises(KeyError, match="splits are"):
+        CamPairPicker(micro, ds, query_split="val")
+    assert all_hooks(micro) == 0
