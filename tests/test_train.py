@@ -1,0 +1,362 @@
+"""Tests for cliptk.train: exact resume, NaN guard, interrupts, atomic checkpoints, the schedule,
+accumulation, YAML configs and learning, on the random-init ``cliptk-micro`` model and tiny images."""
+from __future__ import annotations
+
+import math
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+import pytest
+import torch
+from PIL import Image
+from safetensors.torch import load_file
+
+import cliptk.train as T
+from cliptk.data import ReIdDataset
+from cliptk.models import load_model
+from cliptk.train import History, NonFiniteLossError, TrainConfig, find_checkpoint, fit
+
+CONFIGS = Path(__file__).resolve().parents[1] / "configs"
+COMPARED = ["kind", "epoch", "step", "loss", "lr", "logit_scale", "mAP", "rank1"]
+
+
+def _make_dataset(root: Path, n_train: int = 8, n_test: int = 4, k: int = 3, seed: int = 0) -> ReIdDataset:
+    """Identities = a random two-colour kit plus noise; train ids, then test ids (query = image 0)."""
+    rng = np.random.default_rng(seed)
+    root.mkdir(parents=True, exist_ok=True)
+    rows = []
+    for pid in range(n_train + n_test):
+        top, bottom = rng.integers(0, 256, 3), rng.integers(0, 256, 3)
+        for j in range(k):
+            a = np.zeros((32, 16, 3))
+            a[:16], a[16:] = top, bottom
+            a = np.clip(a + rng.normal(0, 40, a.shape), 0, 255).astype(np.uint8)
+            name = f"{pid}_{j}.png"
+            Image.fromarray(a).save(root / name)
+            split = "train" if pid < n_train else ("query" if j == 0 else "gallery")
+            rows.append({"path": name, "pid": pid, "camid": j, "split": split})
+    return ReIdDataset(root, pd.DataFrame(rows), name="tiny")
+
+
+@pytest.fixture(scope="module")
+def data(tmp_path_factory) -> ReIdDataset:
+    return _make_dataset(tmp_path_factory.mktemp("tiny"))
+
+
+def _model(seed: int = 0):
+    torch.manual_seed(seed)
+    return load_model("cliptk-micro", None, image_only=True)
+
+
+def _cfg(**kw) -> TrainConfig:
+    base = dict(batch_size=4, epochs=2, lr=2e-3, lr_end=2e-4, warmup_epochs=0.5, progress=False, seed=0)
+    return TrainConfig(**{**base, **kw})
+
+
+def _weights(model) -> dict[str, torch.Tensor]:
+    return {k: v.detach().clone() for k, v in model.state_dict().items()}
+
+
+def _assert_same_weights(a: dict, b: dict) -> None:
+    assert a.keys() == b.keys()
+    for k in a:
+        assert torch.equal(a[k], b[k]), f"weights differ at {k}"
+
+
+def _interrupt_at(step: int):
+    def callback(event: dict) -> None:
+        if event["event"] == "step_end" and event["step"] == step:
+            raise KeyboardInterrupt
+    return callback
+
+
+# --------------------------------------------------------------------------- config
+def test_yaml_round_trip_and_validation(tmp_path):
+    cfg = TrainConfig(lr=1e-4, betas=(0.9, 0.98), max_steps=7, loss_kwargs={"views": "all"}, loss="supcon",
+                      temperature=0.05, output_dir=str(tmp_path))
+    path = tmp_path / "c.yaml"
+    cfg.to_yaml(path)
+    assert TrainConfig.from_yaml(path) == cfg
+    assert TrainConfig.from_yaml(cfg.to_yaml()) == cfg  # YAML text works too
+    with pytest.raises(ValueError, match="did you mean 'epochs'"):
+        TrainConfig.from_dict({"epoch": 3})
+    with pytest.raises(ValueError, match="lr_end"):
+        TrainConfig(lr=1e-5, lr_end=1e-4)
+    with pytest.raises(ValueError, match="warmup_epochs"):
+        TrainConfig(epochs=2, warmup_epochs=3)
+    with pytest.raises(ValueError, match="loss"):
+        TrainConfig(loss="gist")  # needs guide embeddings fit() does not compute
+    # command-line style overrides are converted to the field types
+    over = T.load_config(path, {"lr": "3e-4", "max_steps": "none", "flip_p": "0", "amp": "bf16",
+                                "eval_flip": "true", "synthetic": "{n_train_ids: 5}"})
+    assert (over.lr, over.max_steps, over.flip_p, over.amp, over.eval_flip) == (3e-4, None, 0.0, "bf16", True)
+    assert over.synthetic == {"n_train_ids": 5}
+
+
+def test_shipped_configs():
+    paper = TrainConfig.from_yaml(CONFIGS / "clip_reident_vitl14.yaml")
+    defaults = TrainConfig()
+    assert (paper.model, paper.pretrained, paper.image_only, paper.projection) == ("ViT-L-14", "openai", True, False)
+    for name in ("batch_size", "lr", "lr_end", "schedule", "power", "warmup_epochs", "weight_decay",
+                 "label_smoothing", "epochs", "resize", "flip_p", "loss"):
+        assert getattr(paper, name) == getattr(defaults, name), name
+    tiny = TrainConfig.from_yaml(CONFIGS / "cpu_tiny.yaml")
+    assert (tiny.model, tiny.pretrained, tiny.data, tiny.device) == ("cliptk-tiny", "synthetic-players", "synthetic",
+                                                                     "cpu")
+
+
+# --------------------------------------------------------------------------- schedule
+@pytest.mark.parametrize("power", [1.0, 2.0])
+def test_schedule_matches_formula(power):
+    cfg = TrainConfig(epochs=3, lr=4e-5, lr_end=1e-5, warmup_epochs=1, power=power)
+    steps_per_epoch, lr, end = 4, 4e-5, 1e-5
+    p = torch.nn.Parameter(torch.zeros(1))
+    opt = torch.optim.AdamW([p], lr=cfg.lr)
+    sched = T.make_scheduler(opt, cfg, steps_per_epoch)
+    got = []
+    for _ in range(14):
+        got.append(opt.param_groups[0]["lr"])
+        opt.step()
+        sched.step()
+    w, total = 4, 12
+    s = np.arange(14)
+    decay = np.clip((s - w) / (total - w), 0, 1)
+    want = np.where(s < w, lr * s / w, end + (lr - end) * (1 - decay) ** power)
+    np.testing.assert_allclose(got, want, rtol=1e-12, atol=0)
+    if power == 1.0:  # linear: the polynomial is piecewise-linear interpolation of (0,0), (W,lr), (T,end)
+        np.testing.assert_allclose(got, np.interp(s, [0, w, total], [0, lr, end]), rtol=1e-12)
+
+
+def test_history_lr_follows_schedule(data):
+    cfg = _cfg(epochs=2, warmup_epochs=1)
+    h = fit(_model(), data, cfg)
+    steps = h.steps
+    per_epoch = len(steps) // 2
+    want = np.interp(np.arange(len(steps)), [0, per_epoch, 2 * per_epoch], [0, cfg.lr, cfg.lr_end])
+    np.testing.assert_allclose(steps["lr"], want, rtol=1e-12)
+    assert list(steps["step"]) == list(range(1, len(steps) + 1))
+
+
+# --------------------------------------------------------------------------- exact resume
+def test_resumed_run_equals_uninterrupted_run(data, tmp_path):
+    cfg = _cfg(epochs=2)
+    full_model = _model()
+    full = fit(full_model, data, cfg, eval_data=data)
+    again = fit(_model(), data, cfg, eval_data=data)  # same seed, same everything
+    pd.testing.assert_frame_equal(full.table[COMPARED], again.table[COMPARED], check_exact=True)
+
+    run = tmp_path / "run"
+    cut = _model()
+    part = fit(cut, data, cfg.replace(output_dir=str(run)), eval_data=data, callbacks=[_interrupt_at(4)])
+    assert part.interrupted and part.stopped == "interrupted"
+    assert part.checkpoint == run / "checkpoints" / "step-00000004"
+    resumed_model = _model(seed=123)  # different init: everything must come from the checkpoint
+    resumed = fit(resumed_model, data, cfg.replace(output_dir=str(run)), eval_data=data, resume=run)
+
+    assert not resumed.interrupted and resumed.stopped is None
+    _assert_same_weights(_weights(full_model), _weights(resumed_model))
+    pd.testing.assert_frame_equal(full.table[COMPARED], resumed.table[COMPARED], check_exact=True)
+    assert full.steps["loss"].nunique() > 1  # the compared losses are real numbers, not a constant
+
+    other = fit(_model(), data, cfg.replace(seed=1), eval_data=data)  # the seed matters
+    assert not np.array_equal(other.steps["loss"], full.steps["loss"])
+
+
+def test_interrupt_keeps_model_and_saves_checkpoint(data, tmp_path):
+    model = _model()
+    before = _weights(model)
+    h = fit(model, data, _cfg(output_dir=str(tmp_path)), callbacks=[_interrupt_at(3)])  # not re-raised
+    assert isinstance(h, History) and h.interrupted
+    assert list(h.steps["step"]) == [1, 2, 3]
+    ckpt = find_checkpoint(tmp_path)
+    assert ckpt == h.checkpoint and ckpt.name == "step-00000003"
+    saved = load_file(str(ckpt / "model.safetensors"))
+    _assert_same_weights({k: v.clone() for k, v in model.state_dict().items()}, saved)  # in-memory == saved
+    assert any(not torch.equal(before[k], saved[k]) for k in saved)  # and it did train
+    state = torch.load(ckpt / "trainer.pt", weights_only=True)
+    assert (state["epoch"], state["batch"], state["step"]) == (0, 3, 3)
+    assert not (tmp_path / "model.safetensors").exists()  # final export only after a complete run
+
+
+# --------------------------------------------------------------------------- NaN guard
+class _NaNAt(torch.nn.Module):
+    """InfoNCE that returns NaN on call number ``at`` (1-based)."""
+
+    def __init__(self, at: int):
+        super().__init__()
+        self.at, self.calls = at, 0
+        self.inner = T.make_loss("infonce", label_smoothing=0.1)
+
+    def forward(self, a, b, logit_scale, ids=None):
+        self.calls += 1
+        loss = self.inner(a, b, logit_scale, ids=ids)
+        return loss * float("nan") if self.calls == self.at else loss
+
+
+def test_nan_loss_stops_with_clear_error_and_keeps_checkpoint(data, tmp_path):
+    model = _model()
+    cfg = _cfg(output_dir=str(tmp_path), save_every_steps=2)
+    with pytest.raises(NonFiniteLossError, match=r"loss is nan at epoch 1/2, optimizer step 5") as info:
+        fit(model, data, cfg, loss_fn=_NaNAt(5))
+    err = info.value
+    assert err.step == 4 and math.isnan(err.loss) and err.checkpoint == tmp_path / "checkpoints" / "step-00000004"
+    assert list(err.history.steps["step"]) == [1, 2, 3, 4]
+    ckpt = find_checkpoint(tmp_path)
+    assert ckpt == err.checkpoint
+    saved = load_file(str(ckpt / "model.safetensors"))
+    _assert_same_weights({k: v.clone() for k, v in model.state_dict().items()}, saved)  # stopped before the update
+    assert all(torch.isfinite(v).all() for v in saved.values())
+    resumed = fit(_model(), data, cfg.replace(max_steps=5), resume=tmp_path)  # the last good checkpoint resumes
+    assert resumed.stopped == "max_steps" and list(resumed.steps["step"]) == [1, 2, 3, 4, 5]
+
+
+# --------------------------------------------------------------------------- atomic checkpoints
+def test_crash_mid_save_leaves_previous_checkpoint(data, tmp_path, monkeypatch):
+    cfg = _cfg(output_dir=str(tmp_path), save_every_steps=2)
+    real = T._write_state
+    calls = {"n": 0}
+
+    def crashing_write(state, path):
+        calls["n"] += 1
+        if calls["n"] == 2:  # the second save dies after writing half the file
+            real(state, path)
+            data_ = Path(path).read_bytes()
+            Path(path).write_bytes(data_[: len(data_) // 2])
+            raise OSError("simulated crash: disk full")
+        real(state, path)
+
+    monkeypatch.setattr(T, "_write_state", crashing_write)
+    with pytest.raises(OSError, match="simulated crash"):
+        fit(_model(), data, cfg)
+    folder = tmp_path / "checkpoints"
+    assert sorted(p.name for p in folder.iterdir() if not p.name.startswith(".")) == ["latest.json", "step-00000002"]
+    # a half-written directory from a hard crash (another process) and a dangling manifest are ignored
+    partial = folder / "step-00000099"
+    partial.mkdir()
+    (partial / "model.safetensors").write_bytes(b"half")
+    (folder / ".step-00000100.tmp-1").mkdir()
+    (folder / "latest.json").write_text('{"checkpoint": "step-00000100"}')
+    ckpt = find_checkpoint(tmp_path)
+    assert ckpt == folder / "step-00000002"
+    state = torch.load(ckpt / "trainer.pt", weights_only=True)
+    assert state["step"] == 2
+    monkeypatch.setattr(T, "_write_state", real)
+    h = fit(_model(), data, cfg.replace(max_steps=3, save_every_steps=None), resume=tmp_path)
+    assert list(h.steps["step"]) == [1, 2, 3]
+
+
+# --------------------------------------------------------------------------- options
+def test_accumulation_warns_and_averages_micro_batches(data):
+    with pytest.warns(UserWarning, match="does NOT enlarge the set of negatives"):
+        h = fit(_model(), data, _cfg(accumulate=2, max_steps=2, flip_p=0.0, warmup_epochs=0))
+    assert list(h.steps["step"]) == [1, 2] and h.stopped == "max_steps"
+    # one accumulated step == AdamW applied to the mean gradient of its two micro-batches
+    model, ref = _model(), _model()
+    with pytest.warns(UserWarning, match="accumulate=2"):
+        fit(model, data, _cfg(accumulate=2, max_steps=1, flip_p=0.0, warmup_epochs=0, weight_decay=0.0,
+                              label_smoothing=0.0))
+    from cliptk.samplers import UniqueIdPairSampler
+    from cliptk.train import _PairImages
+
+    train = data.subset("train")
+    batches = list(UniqueIdPairSampler(train.pids, 4, seed=0))[:2]
+    view = _PairImages(train, ref.preprocess)
+    opt = torch.optim.AdamW([p for p in ref.parameters() if p.requires_grad], lr=2e-3, weight_decay=0.0)
+    loss = T.make_loss("infonce", label_smoothing=0.0)
+    ref.train()
+    for idx in batches:
+        x = torch.stack([view[i][0] for i in idx])
+        e = ref(x)
+        (loss(e[:4], e[4:], ref.logit_scale.exp()) / 2).backward()
+    opt.step()
+    for (k, a), b in zip(model.state_dict().items(), ref.state_dict().values()):
+        torch.testing.assert_close(a, b, rtol=1e-5, atol=1e-6, msg=k)
+
+
+def test_temperature_fixed_or_clamped(data):
+    fixed = fit(_model(), data, _cfg(learn_temperature=False, temperature=0.05, max_steps=3))
+    np.testing.assert_allclose(fixed.steps["logit_scale"], 20.0, rtol=1e-6)
+    clamped = fit(_model(), data, _cfg(temperature=1 / 14.9, max_logit_scale=15.0, lr=0.5, max_steps=4,
+                                       warmup_epochs=0))
+    assert clamped.steps["logit_scale"].max() <= 15.0 * (1 + 1e-6)
+    assert not np.allclose(clamped.steps["logit_scale"], 14.9)  # it is learnt
+
+
+def test_joint_flip_flips_both_images_of_a_pair():
+    x = torch.arange(6 * 2 * 3, dtype=torch.float32).reshape(6, 1, 2, 3)  # 3 pairs
+    out = T._joint_flip(x, seed=0, epoch=0, batch=0, rank=0, world=1, p=0.5)
+    flipped = [torch.equal(out[i], x[i].flip(-1)) for i in range(6)]
+    kept = [torch.equal(out[i], x[i]) for i in range(6)]
+    assert all(f != k for f, k in zip(flipped, kept))
+    assert flipped[:3] == flipped[3:]  # query i and positive i together
+    # the shards of a 2-rank run see the flips of the single-process global batch
+    big = torch.arange(8 * 3, dtype=torch.float32).reshape(8, 1, 1, 3)  # global batch: 4 pairs
+    ref = T._joint_flip(big, 3, 1, 2, 0, 1, 0.5)
+    for r in range(2):
+        local = torch.cat([big[2 * r:2 * r + 2], big[4 + 2 * r:4 + 2 * r + 2]])
+        got = T._joint_flip(local, 3, 1, 2, r, 2, 0.5)
+        assert torch.equal(got, torch.cat([ref[2 * r:2 * r + 2], ref[4 + 2 * r:4 + 2 * r + 2]]))
+    coins = np.mean([torch.equal(T._joint_flip(x, 0, 0, b, 0, 1, 0.5)[0], x[0].flip(-1)) for b in range(400)])
+    assert 0.4 < coins < 0.6
+    assert torch.equal(T._joint_flip(x, 0, 0, 0, 0, 1, 0.0), x)
+
+
+def test_loss_decreases_on_easy_task(data):
+    h = fit(_model(), data, _cfg(epochs=6, lr=3e-3, lr_end=3e-4, warmup_epochs=0, label_smoothing=0.0))
+    per_epoch = h.steps.groupby(np.ceil(h.steps["epoch"] - 1e-9))["loss"].mean()
+    assert per_epoch.iloc[-1] < 0.5 * per_epoch.iloc[0]
+
+
+def test_callbacks_see_events_in_order(data):
+    events = []
+    fit(_model(), data, _cfg(epochs=1), eval_data=data, callbacks=[lambda e: events.append((e["event"], e["step"]))])
+    names = [e for e, _ in events]
+    n = names.count("step_end")
+    assert n > 0
+    assert names == ["train_begin", "eval"] + ["step_end"] * n + ["eval", "epoch_end", "train_end"]
+    assert [s for e, s in events if e == "step_end"] == list(range(1, n + 1))
+
+
+def test_live_plot_draws_history(data):
+    pytest.importorskip("matplotlib")
+    import matplotlib
+
+    matplotlib.use("Agg")
+    cb = T.live_plot(every=1)
+    h = fit(_model(), data, _cfg(epochs=1), eval_data=data, callbacks=[cb])
+    loss_line = cb.figure.axes[0].lines[0]
+    np.testing.assert_allclose(loss_line.get_ydata(), h.steps["loss"])
+
+
+# --------------------------------------------------------------------------- config-driven runs
+def test_run_and_evaluate_from_config(data, tmp_path):
+    csv = data.to_csv(tmp_path / "manifest.csv")
+    cfg = {"model": "cliptk-micro", "pretrained": None, "data": str(csv), "batch_size": 4, "epochs": 1,
+           "lr": 1e-3, "lr_end": 1e-4, "progress": False, "output_dir": str(tmp_path / "run"), "device": "cpu"}
+    model, h = T.run_from_config(cfg, {"max_steps": "3"})
+    assert h.stopped == "max_steps" and len(h.evals) == 2
+    result = T.evaluate_from_config(cfg, checkpoint=tmp_path / "run")  # reloads model.safetensors
+    assert result.mAP == pytest.approx(h.final["mAP"], abs=1e-6)
+    assert result.cmc[1] == pytest.approx(h.final["rank1"], abs=1e-6)
+
+
+def test_run_from_config_on_synthetic_players(tmp_path, monkeypatch):
+    pytest.importorskip("cliptk.synthetic")
+    monkeypatch.setenv("CLIPTK_DATA", str(tmp_path))
+    cfg = TrainConfig.from_yaml(CONFIGS / "cpu_tiny.yaml").replace(
+        model="cliptk-micro", pretrained=None, max_steps=2, progress=False, output_dir=None, batch_size=4,
+        synthetic={"n_train_ids": 6, "n_test_ids": 3, "images_per_id": 3, "workers": 1, "challenge": False})
+    model, h = T.run_from_config(cfg)
+    assert len(list((tmp_path / "generated").glob("players-*/reid_training"))) == 1
+    assert h.stopped == "max_steps" and len(h.evals) == 2 and 0 <= h.final["mAP"] <= 1
+
+
+def test_grad_checkpointing_is_passed_through_and_changes_nothing(data):
+    plain, ckpt = _model(), _model()
+    h_plain = fit(plain, data, _cfg(max_steps=2, warmup_epochs=0))
+    h_ckpt = fit(ckpt, data, _cfg(max_steps=2, warmup_epochs=0, grad_checkpointing=True))
+    assert ckpt.visual.transformer.grad_checkpointing and not plain.visual.transformer.grad_checkpointing
+    np.testing.assert_allclose(h_ckpt.steps["loss"], h_plain.steps["loss"], rtol=1e-6)
+    for (k, a), b in zip(plain.state_dict().items(), ckpt.state_dict().values()):
+        torch.testing.assert_close(a, b, rtol=1e-5, atol=1e-6, msg=k)
