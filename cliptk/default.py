@@ -38,6 +38,15 @@ def players(root: str | os.PathLike | None = None, seed: int = 0) -> ReIdDataset
     return read_deepsportradar(root)
 
 
+def smoke_config(cfg):
+    """A training config shrunk for ``CLIPTK_SMOKE=1``: a few steps, one epoch, a batch the small
+    smoke world can fill (it has 60 training identities). Unchanged outside smoke mode."""
+    if not is_smoke():
+        return cfg
+    return cfg.replace(max_steps=min(cfg.max_steps or 6, 6), epochs=1, eval_every=1,
+                       batch_size=min(cfg.batch_size, 16))
+
+
 def config_path(name: str = "cpu_tiny") -> Path:
     """A config shipped in the repository's ``configs/`` folder."""
     return Path(__file__).resolve().parents[1] / "configs" / f"{name}.yaml"
@@ -61,8 +70,7 @@ def finetuned(config: str | os.PathLike | None = None, *, progress: bool = True,
     from .train import History, TrainConfig, fit
 
     cfg = TrainConfig.from_yaml(config or config_path())
-    if is_smoke():
-        cfg = cfg.replace(max_steps=min(cfg.max_steps or 6, 6), epochs=1, eval_every=1)
+    cfg = smoke_config(cfg)
     from .models import BUNDLED
 
     source = cfg.pretrained

@@ -13,7 +13,7 @@ from typing import Callable
 
 import pandas as pd
 
-from .default import config_path, players, players_root
+from .default import config_path, players, players_root, smoke_config
 from .embed import embed
 from .evaluate import evaluate, zero_shot_probe
 from .models import load_model, save_model
@@ -85,8 +85,7 @@ def run_demo(out: Path = Path("runs/demo"), data_root: Path | None = None, minut
 
     say("3/6 fine-tuning with the CLIP-ReIdent recipe (configs/cpu_tiny.yaml)")
     cfg = cfg.replace(output_dir=str(out / "checkpoints"), max_minutes=minutes)
-    if is_smoke():
-        cfg = cfg.replace(max_steps=6, epochs=1)
+    cfg = smoke_config(cfg)
     model = load_model(cfg.model, cfg.pretrained, image_only=cfg.image_only, projection=cfg.projection)
     history = fit(model, ds, cfg, eval_data=ds)
     save_model(model, out / "model.safetensors")

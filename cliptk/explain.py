@@ -11,7 +11,7 @@ computes a saliency map of image A with respect to its similarity to image B's e
   ``scale * cos(f(A * mask_c), f(B))`` (:class:`SimilarityTarget`).
 * **Grad-CAM** (Selvaraju et al., ICCV 2017) of the same target, for comparison.
 * **Deletion / insertion curves** (Petsiuk et al., "RISE", BMVC 2018): the similarity as the most
-  salient pixels are removed / revealed first, against random pixel orders (:func:`faithfulness`).
+  salient pixels are removed / revealed first, against random orders (:func:`faithfulness`).
 
 Two implementations of Score-CAM give the same map:
 
@@ -32,7 +32,9 @@ score is multiplied by the model's logit scale (``scale=``); the batch size is a
 attribute ``cam.batch_size`` — it is ``batch_size=`` here; ViT activations are ``[B, 1 + h*w, C]``
 tokens — reshaped to ``[B, C, h, w]`` with the grid computed from the model; the CAM object holds
 forward hooks and its ``__exit__`` swallows ``IndexError`` — cliptk releases the hooks in a
-``finally`` and lets errors through; ScoreCAM prints a tqdm bar per batch — silenced; the model is
+``finally`` and lets errors through; ScoreCAM prints a tqdm bar per batch — silenced; it decides
+whether a channel is constant after upsampling, where 1-ulp noise divided by its 1e-8 epsilon turns a
+constant non-zero channel into a noise mask — the fast path decides on the activations; the model is
 run in fp32, in eval mode, without parameter gradients, and its dtypes, mode, ``requires_grad``
 flags and ``.grad`` tensors are restored afterwards.
 

@@ -1203,6 +1203,8 @@ def run_from_config(config: str | os.PathLike | TrainConfig | dict, overrides: d
     cfg = load_config(config, overrides)
     if is_smoke() and "max_steps" not in (overrides or {}):
         cfg = cfg.replace(max_steps=min(cfg.max_steps or _SMOKE_STEPS, _SMOKE_STEPS))
+    if is_smoke() and "batch_size" not in (overrides or {}):
+        cfg = cfg.replace(batch_size=min(cfg.batch_size, 16))  # the smoke world has 60 training identities
     data = _load_data(cfg)
     model = _load_model(cfg)
     eval_data = data if {cfg.query_split, cfg.gallery_split} <= set(data.split_names) else None
