@@ -89,11 +89,12 @@ def loneliest_point(fig, coords: np.ndarray) -> tuple[int, int, int]:
 
 def open_and_hover(browser, url: str, fig, coords: np.ndarray):
     page = browser.new_page(viewport=VIEWPORT)
+    page.set_default_timeout(180_000)  # a loaded 2-core machine parses the inlined plotly.js slowly
     errors: list[str] = []
     page.on("pageerror", lambda e: errors.append(str(e)))
-    page.goto(url)
+    page.goto(url, timeout=180_000)
     page.wait_for_function("() => { const gd = document.querySelector('.plotly-graph-div');"
-                           " return gd && gd._fullLayout && gd.calcdata; }", timeout=30_000)
+                           " return gd && gd._fullLayout && gd.calcdata; }", timeout=180_000)
     page.wait_for_timeout(300)  # WebGL traces draw on the next animation frame
     blank_state = page.evaluate(THUMB_STATE)
     drawn = coloured_pixels(page.screenshot())
@@ -102,7 +103,7 @@ def open_and_hover(browser, url: str, fig, coords: np.ndarray):
     page.mouse.move(x + 15, y + 15)
     page.mouse.move(x, y, steps=3)
     page.wait_for_function("() => getComputedStyle(document.querySelector('.cliptk-thumb')).display === 'block'"
-                           " && document.querySelector('.cliptk-thumb img').complete", timeout=10_000)
+                           " && document.querySelector('.cliptk-thumb img').complete", timeout=60_000)
     return page, errors, blank_state, drawn, row
 
 
@@ -129,7 +130,7 @@ def test_exported_page_shows_thumbnail_on_hover(browser, players, tmp_path, webg
             page.screenshot(path=str(SCREENSHOT))
         page.mouse.move(5, VIEWPORT["height"] - 5)  # leave the plot: the thumbnail goes away
         page.wait_for_function("() => getComputedStyle(document.querySelector('.cliptk-thumb')).display === 'none'",
-                               timeout=10_000)
+                               timeout=60_000)
         assert errors == []
     finally:
         page.close()
