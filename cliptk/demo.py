@@ -79,6 +79,7 @@ def run_demo(out: Path = Path("runs/demo"), data_root: Path | None = None, minut
     prompts = {n: [CAPTION_TEMPLATE.format(colour=c, number=n) for c in colours] for n in range(100)}
     probe = zero_shot_probe(zero, query, "number", prompts)
     rows = [_row("zero-shot", zs, probe)]
+    print(pd.DataFrame(rows).set_index("model").to_string(float_format=lambda v: f"{v:.3f}"), flush=True)
     emb_before = embed(zero, test)
     if not finetune:
         return _finish(rows, report, out, say)
