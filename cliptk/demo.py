@@ -96,6 +96,11 @@ def run_demo(out: Path = Path("runs/demo"), data_root: Path | None = None, minut
     ft = evaluate(model, ds)
     rows.append(_row("fine-tuned", ft))
     emb_after = embed(model, test)
+    from .debug import rank_gallery, worst_queries_html
+
+    ranking = rank_gallery(emb_after[: len(query)], emb_after[len(query):], query, gallery)
+    report.raw("Worst queries of the fine-tuned model (green: same player, red: another player)",
+               str(worst_queries_html(ranking, k=8, per_page=pick(10, 3))))
 
     say("5/6 projecting the embeddings (UMAP, aligned before/after)")
     method = pick("aligned_umap", "pca")

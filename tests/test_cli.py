@@ -31,7 +31,7 @@ def test_demo_writes_report_and_checkpoint(tmp_path):
     assert list(metrics.index) == ["zero-shot", "fine-tuned"]
     assert metrics["mAP"].between(0, 1).all()
     html = (out / "report.html").read_text()
-    for heading in ("Metrics", "Training", "Embedding space", "Score-CAM: top matches", "Faithfulness"):
+    for heading in ("Metrics", "Training", "Embedding space", "Worst queries", "Score-CAM: top matches", "Faithfulness"):
         assert heading in html
     assert "data:image" in html  # thumbnails travel inside the file
     assert "plotly.js v" in html and 'src="https://cdn.plot.ly' not in html  # plotly.js inlined: opens offline
