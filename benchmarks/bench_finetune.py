@@ -11,6 +11,13 @@ Prints, for the bundled tiny CLIP on the synthetic players (2 CPU threads by def
 Targets: fine-tuned mAP >= 0.90 and >= 10 points above zero-shot within 5 minutes; throughput
 ratio >= 0.95.
 
+Measured (2 otherwise idle CPU cores, configs/cpu_tiny.yaml: batch 64 pairs, lr 1e-3 -> 1e-4,
+10 epochs): zero-shot mAP 0.442 / rank-1 0.513; fine-tuned 0.480 / 0.566 (+3.8 points) in 4.2
+minutes (620 steps); fit 333 images/s vs bare loop 342 images/s, ratio 0.974. The throughput
+target is met; the mAP targets are not: on this synthetic world the unique-identity recipe
+fits the training identities but transfers little to the unseen test identities (batches of
+whole team kits, i.e. in-batch hard negatives, reached 0.543 / 0.691 with the same budget).
+
     python benchmarks/bench_finetune.py                         # the embedded default
     python benchmarks/bench_finetune.py --minutes 3 --ratio-steps 20
     python benchmarks/bench_finetune.py --model cliptk-tiny --pretrained none   # from random init
@@ -134,7 +141,7 @@ def main() -> None:
     checks = {
         "fine-tuned mAP >= 0.90": final["mAP"] >= 0.90,
         "gain >= 10 points": gain >= 10,
-        f"within {args.minutes:g} minutes of training": history.stopped != "max_minutes" or final["mAP"] >= 0.90,
+        f"all epochs within {args.minutes:g} minutes": history.stopped != "max_minutes",
         "throughput ratio >= 0.95": fit_ips / bare_ips >= 0.95,
     }
     print("\n" + "\n".join(f"[{'PASS' if ok else 'MISS'}] {name}" for name, ok in checks.items()))

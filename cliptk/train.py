@@ -757,7 +757,8 @@ class _Stop:
 
 def fit(model: ClipModel, train_data: ReIdDataset, config: TrainConfig | None = None,
         eval_data: ReIdDataset | None = None, *, callbacks: Sequence[Callable[[dict], Any]] = (),
-        resume: str | os.PathLike | bool | None = None, loss_fn: nn.Module | None = None) -> History:
+        resume: str | os.PathLike | bool | None = None, loss_fn: nn.Module | None = None,
+        sampler=None) -> History:
     """Fine-tune ``model``'s image tower on identity pairs from ``train_data`` (CLIP-ReIdent).
 
     Args:
@@ -779,6 +780,11 @@ def fit(model: ClipModel, train_data: ReIdDataset, config: TrainConfig | None = 
             history). The current ``config`` is used; fields that differ from the checkpoint's are
             warned about.
         loss_fn: a loss module with the :mod:`cliptk.losses` signature, replacing ``config.loss``.
+        sampler: a batch sampler over the rows of the training split replacing the default
+            :class:`cliptk.samplers.UniqueIdPairSampler` (e.g. one that builds batches of hard
+            negatives). It must yield flat index lists ``[q_1..q_B, p_1..p_B]``, have ``len()`` and
+            ``set_epoch(epoch)``, and be deterministic given its seed and epoch (exact resume
+            re-creates an epoch and skips its first batches); under DDP it must shard by rank.
 
     Ctrl-C: the first one lets the current step finish, saves a checkpoint (with ``output_dir``)
     and returns; a second one stops at once (a checkpoint is still saved unless the interrupt
@@ -802,14 +808,14 @@ def fit(model: ClipModel, train_data: ReIdDataset, config: TrainConfig | None = 
     cfg = config if config is not None else TrainConfig()
     started_dist = _init_distributed(cfg.device)
     try:
-        return _fit(model, train_data, cfg, eval_data, list(callbacks), resume, loss_fn)
+        return _fit(model, train_data, cfg, eval_data, list(callbacks), resume, loss_fn, sampler)
     finally:
         if started_dist:
             dist.destroy_process_group()
 
 
 def _fit(model: ClipModel, train_data: ReIdDataset, cfg: TrainConfig, eval_data: ReIdDataset | None,
-         callbacks: list, resume, loss_fn: nn.Module | None) -> History:
+         callbacks: list, resume, loss_fn: nn.Module | None, sampler) -> History:
     from .evaluate import evaluate
 
     rank, world = _world()
@@ -838,8 +844,9 @@ def _fit(model: ClipModel, train_data: ReIdDataset, cfg: TrainConfig, eval_data:
     _prepare_model(model, cfg, fresh=ckpt_path is None)
     _seed_all(cfg.seed + rank)
 
-    sampler = UniqueIdPairSampler(train.pids, cfg.batch_size, seed=cfg.seed, rank=rank, world_size=world,
-                                  per_epoch=cfg.per_epoch)
+    if sampler is None:
+        sampler = UniqueIdPairSampler(train.pids, cfg.batch_size, seed=cfg.seed, rank=rank, world_size=world,
+                                      per_epoch=cfg.per_epoch)
     batches_per_epoch = (len(sampler) // cfg.accumulate) * cfg.accumulate
     steps_per_epoch = batches_per_epoch // cfg.accumulate
     if steps_per_epoch == 0:
@@ -886,7 +893,8 @@ def _fit(model: ClipModel, train_data: ReIdDataset, cfg: TrainConfig, eval_data:
             state = {"format": 1, "epoch": epoch, "batch": batch, "step": step, "seconds": seconds,
                      "optimizer": optimizer.state_dict(), "scheduler": scheduler.state_dict(),
                      "scaler": scaler.state_dict(), "rng": _rng_state(device),
-                     "sampler": {"seed": sampler.seed, "epoch": epoch, "batches_done": batch, "world_size": world},
+                     "sampler": {"seed": getattr(sampler, "seed", None), "epoch": epoch, "batches_done": batch,
+                                 "world_size": world},
                      "config": cfg.to_dict(), "history": history.rows, "reason": reason,
                      "model": {"name": model.name, "pretrained": model.pretrained}}
             history.checkpoint = _save_checkpoint(ckpt_folder, model, state, cfg.keep_checkpoints)

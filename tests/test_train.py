@@ -360,3 +360,30 @@ def test_grad_checkpointing_is_passed_through_and_changes_nothing(data):
     np.testing.assert_allclose(h_ckpt.steps["loss"], h_plain.steps["loss"], rtol=1e-6)
     for (k, a), b in zip(plain.state_dict().items(), ckpt.state_dict().values()):
         torch.testing.assert_close(a, b, rtol=1e-5, atol=1e-6, msg=k)
+
+
+def test_custom_batch_sampler_is_used(data):
+    class FixedPairs:
+        """Two fixed batches of (query, positive) pairs of distinct identities."""
+
+        def __init__(self, table):
+            first = {p: i for i, p in reversed(list(enumerate(table["pid"])))}
+            second = {p: i for i, p in enumerate(table["pid"])}
+            ids = sorted(first)
+            self.batches = [[first[p] for p in ids[:4]] + [second[p] for p in ids[:4]],
+                            [first[p] for p in ids[4:8]] + [second[p] for p in ids[4:8]]]
+            self.epochs = []
+
+        def set_epoch(self, epoch):
+            self.epochs.append(epoch)
+
+        def __len__(self):
+            return len(self.batches)
+
+        def __iter__(self):
+            return iter(self.batches)
+
+    train = data.subset("train")
+    sampler = FixedPairs(train.table)
+    h = fit(_model(), train, _cfg(epochs=3, flip_p=0.0), sampler=sampler)
+    assert sampler.epochs == [0, 1, 2] and len(h.steps) == 3 * 2
