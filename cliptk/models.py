@@ -35,6 +35,7 @@ __all__ = [
     "save_model",
     "WeightsNotAvailableError",
     "freeze",
+    "calibrate_batchnorm",
     "list_models",
     "DEFAULT_MODEL",
     "DEFAULT_PRETRAINED",
@@ -386,4 +387,56 @@ def freeze(model: ClipModel, text: bool = True, image: bool = False, unlocked_im
             if not n.startswith("visual.") and n != "logit_scale":
                 p.requires_grad_(False)
     model.logit_scale.requires_grad_(not logit_scale)
+    return model
+
+
+def calibrate_batchnorm(model: nn.Module, images: torch.Tensor | None = None, *, seed: int = 0) -> nn.Module:
+    """Give a randomly initialised ResNet tower informative embeddings: unit weights for BatchNorm
+    layers whose weight is all zero, and running statistics estimated on ``images``.
+
+    Why: a random-init open_clip ``ModifiedResNet`` embeds every image almost the same. open_clip
+    zero-initialises the last BatchNorm of each bottleneck (``bn3``), so every block starts as an
+    identity, and in eval mode BatchNorm uses its initial running statistics (mean 0, variance 1), so
+    it does not normalise and the activations drift into a degenerate range. Tests, benchmarks and
+    demos that explain or embed with a random ResNet call this first; a trained model does not
+    need it (its statistics are real).
+
+    Args:
+        model: a :class:`ClipModel` (or any module whose ``forward`` takes ``[N, 3, H, W]`` images).
+        images: preprocessed ``[N, 3, H, W]`` images (N >= 2); ``None``: 16 standard-normal noise
+            images of ``model.image_size`` drawn with ``seed``.
+
+    Returns:
+        ``model``, in eval mode (each BatchNorm's ``momentum`` is restored).
+
+    Raises:
+        ValueError: the model has no BatchNorm layer (nothing to calibrate), or ``images=None`` for a
+            model without ``image_size``.
+
+    Example:
+        >>> model = calibrate_batchnorm(load_model("cliptk-tiny-rn", None, image_only=True))   # doctest: +SKIP
+    """
+    norms = [m for m in model.modules() if isinstance(m, nn.modules.batchnorm._BatchNorm)]
+    if not norms:
+        raise ValueError(f"calibrate_batchnorm: {type(model).__name__} has no BatchNorm layer to calibrate")
+    if images is None:
+        size = getattr(model, "image_size", None)
+        if size is None:
+            raise ValueError("calibrate_batchnorm: pass images= (the model has no image_size to draw noise of)")
+        images = torch.randn(16, 3, *size, generator=torch.Generator().manual_seed(seed))
+    param = next(model.parameters())
+    momenta = [m.momentum for m in norms]
+    with torch.no_grad():
+        for m in norms:
+            m.momentum = None   # a cumulative average: the statistics of exactly these images
+            m.reset_running_stats()
+            if m.weight is not None and not m.weight.any():
+                m.weight.fill_(1.0)
+        model.train()
+        try:
+            model(images.to(param.device, param.dtype))
+        finally:
+            for m, momentum in zip(norms, momenta):
+                m.momentum = momentum
+            model.eval()
     return model
