@@ -18,8 +18,8 @@ from .losses import (DecoupledSoftmax, GISTFilter, GuidedInfoNCE, InfoNCE, Logit
 from .metrics import (ProbeResult, ReIdResult, alignment, classify_zero_shot, evaluate_reid, knn_accuracy,
                       modality_gap, neighbourhood_overlap, rerank_k_reciprocal, trustworthiness, uniformity)
 from .models import (DEFAULT_MODEL, DEFAULT_PRETRAINED, ClipModel, WeightsNotAvailableError, calibrate_batchnorm,
-                     freeze, list_models, load_model, save_model)
-from .samplers import PKSampler, UniqueIdPairSampler
+                     freeze, list_models, load_model, reinit_top_blocks, save_model)
+from .samplers import GroupedPairSampler, PKSampler, UniqueIdPairSampler
 from . import lab
 from .lab import LabData, LabHead, LabMethod, gist_mask_sweep, plot_lab, run_lab, train_head
 from .explain import (CamConfig, Faithfulness, SimilarityCam, explain_topk, faithfulness, plot_cam_grid, plot_cam_pair,
@@ -44,7 +44,7 @@ __all__ = [
     "ReIdDataset", "ImageLoadError", "load_image", "read_folder", "read_csv", "read_deepsportradar",
     "read_market1501", "read_dataset", "generate_players", "make_players", "render_player", "samples_grid",
     # models and embeddings
-    "ClipModel", "load_model", "save_model", "freeze", "calibrate_batchnorm", "list_models", "WeightsNotAvailableError",
+    "ClipModel", "load_model", "save_model", "freeze", "calibrate_batchnorm", "reinit_top_blocks", "list_models", "WeightsNotAvailableError",
     "DEFAULT_MODEL", "DEFAULT_PRETRAINED", "embed", "embed_texts",
     # evaluation
     "evaluate", "zero_shot_probe", "evaluate_reid", "rerank_k_reciprocal", "classify_zero_shot", "ReIdResult",
@@ -52,7 +52,7 @@ __all__ = [
     "modality_gap",
     # training pieces
     "InfoNCE", "SupCon", "DecoupledSoftmax", "SoftTargetInfoNCE", "GuidedInfoNCE", "GISTFilter", "LogitScale",
-    "gather_with_grad", "make_loss", "UniqueIdPairSampler", "PKSampler",
+    "gather_with_grad", "make_loss", "UniqueIdPairSampler", "GroupedPairSampler", "PKSampler",
     # debugging, real data, reports
     "rank_gallery", "Ranking", "plot_ranked", "worst_queries_html", "RankBrowser", "ap_breakdown", "confused_pairs",
     "pos_neg_similarities", "similarity_threshold", "plot_similarity_hist", "find_leaks", "label_noise_suspects",

@@ -52,7 +52,11 @@ def cmd_train(args) -> int:
     from .train import run_from_config
 
     overrides = dict(kv.split("=", 1) for kv in args.set or [])
-    run_from_config(args.config, overrides)
+    resume = None if args.resume is None else (True if args.resume == "" else args.resume)
+    _, history = run_from_config(args.config, overrides, resume=resume)
+    if history.interrupted:   # Ctrl-C: a checkpoint was written; the shell convention for SIGINT
+        _say(f"interrupted; resume with: python -m cliptk train --config {args.config} --resume")
+        return 130
     return 0
 
 
@@ -104,6 +108,8 @@ def build_parser() -> argparse.ArgumentParser:
     tr = sub.add_parser("train", help="fine-tune from a YAML config (torchrun-ready)")
     tr.add_argument("--config", required=True)
     tr.add_argument("--set", nargs="*", metavar="KEY=VALUE", help="override config fields")
+    tr.add_argument("--resume", nargs="?", const="", default=None, metavar="PATH",
+                    help="continue exactly where a run stopped: its output_dir (default: the config's) or a checkpoint")
     tr.set_defaults(func=cmd_train)
     return ap
 

@@ -36,6 +36,7 @@ __all__ = [
     "WeightsNotAvailableError",
     "freeze",
     "calibrate_batchnorm",
+    "reinit_top_blocks",
     "list_models",
     "DEFAULT_MODEL",
     "DEFAULT_PRETRAINED",
@@ -439,4 +440,54 @@ def calibrate_batchnorm(model: nn.Module, images: torch.Tensor | None = None, *,
             for m, momentum in zip(norms, momenta):
                 m.momentum = momentum
             model.eval()
+    return model
+
+
+def reinit_top_blocks(model: ClipModel, n: int) -> ClipModel:
+    """Re-initialise the image tower's last ``n`` blocks and its output head; keep the rest.
+
+    A fine-tuning option ("re-initialise the top layers", Zhang et al., "Revisiting Few-sample BERT
+    Fine-tuning", ICLR 2021): the top layers of a pre-trained tower are the most specific to its
+    pre-training objective. cliptk's bundled tiny CLIP was trained to put every image with the same
+    caption (jersey colour and number) together, so its top blocks discard exactly the cues re-id
+    needs (shoes, socks, hair, skin); keeping the lower blocks (colours, edges, digit strokes) and
+    re-learning the top ones fine-tunes faster than keeping all of them or none (measured in
+    ``benchmarks/bench_finetune.py``; see ``configs/cpu_tiny.yaml``). A CLIP trained on web
+    captions (e.g. ``ViT-L-14``/``openai``) keeps such detail; the paper's recipe re-initialises nothing.
+
+    What is re-initialised, the way open_clip initialises a fresh tower (PyTorch's module defaults):
+    ViT: the last ``n`` residual blocks, ``ln_post`` and the projection (if kept; ``width**-0.5``
+    normal, as open_clip). ResNet: the last ``n`` of ``layer1..layer4`` (each bottleneck's ``bn3``
+    zeroed, as open_clip does) and the attention pool. Uses the global torch RNG (seed it first).
+
+    Raises:
+        ValueError: ``n`` is not in ``1 .. number of blocks``.
+        NotImplementedError: the tower is neither an open_clip ViT nor a ModifiedResNet.
+    """
+    v = model.visual
+
+    def reset(module: nn.Module) -> None:
+        for sub in module.modules():
+            fn = getattr(sub, "reset_parameters", None) or getattr(sub, "_reset_parameters", None)
+            if fn is not None:
+                fn()
+
+    if hasattr(v, "transformer"):
+        blocks = list(v.transformer.resblocks)
+        heads = [v.ln_post]
+    elif all(hasattr(v, f"layer{i}") for i in range(1, 5)):
+        blocks = [v.layer1, v.layer2, v.layer3, v.layer4]
+        heads = [v.attnpool]
+    else:
+        raise NotImplementedError(f"reinit_top_blocks: unknown image tower {type(v).__name__}")
+    if not 1 <= n <= len(blocks):
+        raise ValueError(f"reinit_top_blocks: n={n} must be in 1..{len(blocks)} (blocks of {model.name}'s tower)")
+    with torch.no_grad():
+        for module in [*blocks[-n:], *heads]:
+            reset(module)
+            for sub in module.modules():
+                if hasattr(sub, "bn3"):
+                    nn.init.zeros_(sub.bn3.weight)
+        if isinstance(getattr(v, "proj", None), nn.Parameter):
+            v.proj.normal_(0.0, v.proj.shape[0] ** -0.5)
     return model

@@ -75,8 +75,8 @@ from tqdm.auto import tqdm
 
 from .data import ReIdDataset
 from .losses import LOSSES, make_loss
-from .models import ClipModel, save_model
-from .samplers import UniqueIdPairSampler
+from .models import ClipModel, reinit_top_blocks, save_model
+from .samplers import GroupedPairSampler, UniqueIdPairSampler
 from .smoke import is_smoke
 
 __all__ = [
@@ -86,6 +86,7 @@ __all__ = [
     "NonFiniteLossError",
     "lr_lambda",
     "make_scheduler",
+    "make_sampler",
     "find_checkpoint",
     "load_config",
     "run_from_config",
@@ -119,7 +120,14 @@ class TrainConfig:
     positive) pairs per step and per GPU, i.e. ``2 * batch_size`` images), ``per_epoch``
     (``"images"``: every image is a query once per epoch; ``"identities"``: one query per
     identity), ``flip_p`` (joint horizontal flip of both images of a pair), ``num_workers``,
-    ``cache_images`` (preprocess every training image once and keep the tensors in memory).
+    ``cache_images`` (preprocess every training image once and keep the tensors in memory),
+    ``group_by`` (None: :class:`cliptk.samplers.UniqueIdPairSampler`'s random batches; a metadata
+    column such as ``"team"`` or ``"game"``: :class:`cliptk.samplers.GroupedPairSampler` batches of
+    whole groups, i.e. in-batch hard negatives).
+
+    Model surgery at the start of a fresh run: ``reinit_blocks`` (re-initialise the image tower's
+    last N blocks and head, :func:`cliptk.models.reinit_top_blocks`; 0 = keep all pre-trained
+    weights, as the paper does).
 
     Optimisation: ``epochs``, ``lr`` → ``lr_end`` (``schedule``: ``"polynomial"`` of ``power``,
     ``"cosine"`` or ``"constant"``) after ``warmup_epochs`` of linear warm-up, AdamW
@@ -168,6 +176,9 @@ class TrainConfig:
     flip_p: float = 0.5
     num_workers: int = 0
     cache_images: bool = False
+    group_by: str | None = None
+    # model surgery (fresh runs only)
+    reinit_blocks: int = 0
     # optimisation
     epochs: int = 4
     lr: float = 4e-5
@@ -219,7 +230,7 @@ class TrainConfig:
         for name in ("batch_size", "epochs", "accumulate", "eval_batch_size", "keep_checkpoints"):
             if int(getattr(self, name)) < 1:
                 raise bad(name, "must be an integer >= 1")
-        for name in ("num_workers", "eval_every"):
+        for name in ("num_workers", "eval_every", "reinit_blocks"):
             if int(getattr(self, name)) < 0:
                 raise bad(name, "must be an integer >= 0")
         for name in ("max_steps", "save_every_steps"):
@@ -520,6 +531,24 @@ def _joint_flip(x: torch.Tensor, seed: int, epoch: int, batch: int, rank: int, w
         return x
     m = torch.from_numpy(np.concatenate([coins, coins])).to(x.device)[:, None, None, None]
     return torch.where(m, x.flip(-1), x)
+
+
+def make_sampler(train: ReIdDataset, cfg: TrainConfig, rank: int = 0, world_size: int = 1):
+    """The batch sampler :func:`fit` uses for the training rows ``train``: unique-identity pair
+    batches (:class:`cliptk.samplers.UniqueIdPairSampler`), or batches of whole groups of the
+    ``cfg.group_by`` column (:class:`cliptk.samplers.GroupedPairSampler`).
+
+    Raises:
+        KeyError: ``cfg.group_by`` is not a column of ``train`` (the message lists the columns).
+    """
+    if cfg.group_by is None:
+        return UniqueIdPairSampler(train.pids, cfg.batch_size, seed=cfg.seed, rank=rank, world_size=world_size,
+                                   per_epoch=cfg.per_epoch)
+    if cfg.group_by not in train.table.columns:
+        raise KeyError(f"TrainConfig.group_by={cfg.group_by!r}: {train.name} has no such column; its columns are "
+                       f"{list(train.table.columns)}")
+    return GroupedPairSampler(train.pids, train.table[cfg.group_by].astype(str).to_numpy(), cfg.batch_size,
+                              seed=cfg.seed, rank=rank, world_size=world_size, per_epoch=cfg.per_epoch)
 
 
 def _train_rows(data: ReIdDataset, cfg: TrainConfig) -> ReIdDataset:
@@ -843,10 +872,13 @@ def _fit(model: ClipModel, train_data: ReIdDataset, cfg: TrainConfig, eval_data:
                                     "a run's output_dir / checkpoints/step-NNNNNNNN folder")
     _prepare_model(model, cfg, fresh=ckpt_path is None)
     _seed_all(cfg.seed + rank)
+    if cfg.reinit_blocks and ckpt_path is None:
+        with torch.random.fork_rng(devices=[]):   # same new weights on every rank; training RNG untouched
+            torch.manual_seed(cfg.seed)
+            reinit_top_blocks(model, cfg.reinit_blocks)
 
     if sampler is None:
-        sampler = UniqueIdPairSampler(train.pids, cfg.batch_size, seed=cfg.seed, rank=rank, world_size=world,
-                                      per_epoch=cfg.per_epoch)
+        sampler = make_sampler(train, cfg, rank, world)
     batches_per_epoch = (len(sampler) // cfg.accumulate) * cfg.accumulate
     steps_per_epoch = batches_per_epoch // cfg.accumulate
     if steps_per_epoch == 0:

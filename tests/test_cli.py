@@ -57,3 +57,24 @@ def test_help_lists_commands():
     assert res.returncode == 0
     for cmd in ("demo", "data", "eval", "train"):
         assert cmd in res.stdout
+
+
+def test_train_passes_resume_and_exits_130_when_interrupted(monkeypatch, tmp_path):
+    import cliptk.train
+    from cliptk import cli
+
+    calls = []
+
+    class FakeHistory:
+        interrupted = True
+
+    def fake_run(config, overrides, resume=None):
+        calls.append((config, overrides, resume))
+        return None, FakeHistory()
+
+    monkeypatch.setattr(cliptk.train, "run_from_config", fake_run)
+    assert cli.main(["train", "--config", "c.yaml", "--set", "lr=1e-4", "--resume"]) == 130
+    assert cli.main(["train", "--config", "c.yaml", "--resume", str(tmp_path)]) == 130
+    FakeHistory.interrupted = False
+    assert cli.main(["train", "--config", "c.yaml"]) == 0
+    assert calls == [("c.yaml", {"lr": "1e-4"}, True), ("c.yaml", {}, str(tmp_path)), ("c.yaml", {}, None)]

@@ -129,3 +129,50 @@ def test_fingerprint_changes_with_weights(micro):
     with torch.no_grad():
         m.visual.conv1.weight[0, 0, 0, 0] += 1
     assert m.fingerprint() != before
+
+
+def _params(module: torch.nn.Module) -> dict[str, torch.Tensor]:
+    return {k: v.detach().clone() for k, v in module.state_dict().items()}
+
+
+def test_reinit_top_blocks_vit_changes_only_the_top():
+    torch.manual_seed(0)
+    model = ct.load_model("cliptk-tiny", "synthetic-players")       # trained weights: re-init must show
+    before = _params(model.visual)
+    torch.manual_seed(1)
+    ct.reinit_top_blocks(model, 2)
+    after = _params(model.visual)
+    n_blocks = len(model.visual.transformer.resblocks)
+    for k in before:
+        top = any(k.startswith(f"transformer.resblocks.{i}.") for i in range(n_blocks - 2, n_blocks))
+        changed = not torch.equal(before[k], after[k])
+        if top or k.startswith("ln_post.") or k == "proj":
+            # LayerNorms come back to (1, 0) exactly; matrices to fresh random values
+            assert changed or k.endswith("bias") and not before[k].any(), k
+        else:
+            assert not changed, f"{k} is below the re-initialised blocks but changed"
+    # the new values look like a fresh open_clip tower's (same init): compare weight spreads
+    torch.manual_seed(2)
+    fresh = _params(ct.load_model("cliptk-tiny", None).visual)
+    for k in ("transformer.resblocks.3.attn.in_proj_weight", "transformer.resblocks.3.mlp.c_fc.weight", "proj"):
+        assert float(after[k].std()) == pytest.approx(float(fresh[k].std()), rel=0.1), k
+    assert torch.equal(after["ln_post.weight"], torch.ones_like(after["ln_post.weight"]))
+
+
+def test_reinit_top_blocks_resnet_and_errors():
+    torch.manual_seed(0)
+    model = ct.load_model("cliptk-tiny-rn", None, image_only=True)
+    with torch.no_grad():
+        for p in model.visual.parameters():
+            p.add_(1.0)   # make every weight distinguishable from any init
+    before = _params(model.visual)
+    ct.reinit_top_blocks(model, 1)
+    after = _params(model.visual)
+    assert all(torch.equal(before[k], after[k]) for k in before if k.startswith(("layer1.", "layer2.", "layer3.")))
+    assert not torch.equal(before["layer4.0.conv1.weight"], after["layer4.0.conv1.weight"])
+    assert not after["layer4.0.bn3.weight"].any()          # open_clip's zero-init of each bottleneck's last BN
+    assert not torch.equal(before["attnpool.c_proj.weight"], after["attnpool.c_proj.weight"])
+    with pytest.raises(ValueError, match="n=5 must be in 1..4"):
+        ct.reinit_top_blocks(model, 5)
+    with pytest.raises(ValueError, match="n=0"):
+        ct.reinit_top_blocks(model, 0)

@@ -10,7 +10,7 @@ import pytest
 import torch
 from torch.utils.data import DataLoader, Dataset
 
-from cliptk.samplers import PKSampler, UniqueIdPairSampler
+from cliptk.samplers import GroupedPairSampler, PKSampler, UniqueIdPairSampler
 
 
 def _pids(seed: int = 0, n_ids: int = 30) -> np.ndarray:
@@ -98,10 +98,12 @@ def test_pair_sampler_rank_shards_disjoint_and_cover(world_size):
         assert len(ids) == len(set(ids)) == 2 * world_size  # global batch: distinct ids across ranks
         queries = [i for sh in shards for i in sh[:2]]
         assert len(set(queries)) == len(queries)
-    # the shards together use the same queries as one process with the global batch size
-    all_q = sorted(i for b in per_rank for batch in b for i in batch[:2])
-    single_q = sorted(i for batch in _epoch(single, 2) for i in batch[: 2 * world_size])
-    assert all_q == single_q
+    # the shards together are exactly the pairs of one process with the global batch size
+    for step, whole in enumerate(_epoch(single, 2)):
+        shards = [per_rank[r][step] for r in range(world_size)]
+        b = 2 * world_size
+        assert [i for sh in shards for i in sh[:2]] == whole[:b]
+        assert [i for sh in shards for i in sh[2:]] == whole[b:]
 
 
 def test_pair_sampler_warns_once_about_singletons_and_ignores_negative():
@@ -203,3 +205,80 @@ def test_layout_is_full_and_optimal_on_skewed_counts(seed):
     assert len(batches) == len(s) == best
     for batch in batches:
         assert len({pids[i] for i in batch[:b]}) == b
+
+
+# --------------------------------------------------------------------------- GroupedPairSampler
+def _grouped(seed: int = 0, n_groups: int = 7):
+    """pids of _pids() with a group label per identity (group = pid % n_groups, junk in group 'x')."""
+    pids = _pids(seed)
+    groups = np.array([f"g{p % n_groups}" if p >= 0 else "x" for p in pids])
+    return pids, groups
+
+
+@pytest.mark.parametrize("per_epoch", ["images", "identities"])
+def test_grouped_batches_have_distinct_ids_valid_pairs_and_whole_groups(per_epoch):
+    pids, groups = _grouped()
+    s = _quiet(GroupedPairSampler, pids, groups, batch_size=6, per_epoch=per_epoch)
+    batches = _epoch(s)
+    assert len(batches) == len(s) > 0
+    n_ids = len(s.images)
+    passes = round(np.mean([len(g) for g in s.images])) if per_epoch == "images" else 1
+    assert len(s) == passes * (n_ids // 6)
+    group_changes = []
+    for b in batches:
+        q, p = b[:6], b[6:]
+        assert len({pids[i] for i in q}) == 6                       # no identity twice
+        assert all(pids[i] == pids[j] and i != j for i, j in zip(q, p))  # a different image, same identity
+        labels = [groups[i] for i in q]
+        group_changes.append(sum(a != c for a, c in zip(labels, labels[1:])))
+    # identities of one group sit next to each other: a batch of 6 spans few groups, far fewer
+    # label changes than a random order of 7 groups would give (~5 of 5)
+    assert np.mean(group_changes) < 3
+
+
+def test_grouped_batches_hold_more_same_group_pairs_than_random_batches():
+    pids, groups = _grouped(n_groups=5)
+    grouped = _quiet(GroupedPairSampler, pids, groups, batch_size=5)
+    plain = _quiet(UniqueIdPairSampler, pids, batch_size=5)
+
+    def same_group_pairs(sampler):
+        n = 0
+        for b in _epoch(sampler):
+            labels = Counter(groups[i] for i in b[:5])
+            n += sum(c * (c - 1) // 2 for c in labels.values())
+        return n / len(sampler)
+
+    assert same_group_pairs(grouped) > 2 * same_group_pairs(plain)
+
+
+def test_grouped_deterministic_epochs_differ_queries_walk_through_images():
+    pids, groups = _grouped()
+    a, b = _quiet(GroupedPairSampler, pids, groups, batch_size=4, seed=3), _quiet(
+        GroupedPairSampler, pids, groups, batch_size=4, seed=3)
+    assert _epoch(a, 0) == _epoch(b, 0)
+    assert _epoch(a, 0) != _epoch(a, 1)
+    # per_epoch="images": an identity's queries over the passes cover its images (no repeats before all seen)
+    queries = Counter(i for batch in _epoch(a, 0) for i in batch[:4])
+    by_id = {}
+    for i, n in queries.items():
+        by_id.setdefault(pids[i], []).append(n)
+    assert all(max(ns) - min(ns) <= 1 + 1 for ns in by_id.values())
+    assert len(queries) > 0.8 * sum(len(g) for g in a.images) * len(a) * 4 / (a.passes * len(a.images))
+
+
+def test_grouped_rank_shards_are_disjoint_and_cover_the_global_batch():
+    pids, groups = _grouped()
+    single = list(_quiet(GroupedPairSampler, pids, groups, batch_size=6, seed=1))
+    shards = [list(_quiet(GroupedPairSampler, pids, groups, batch_size=3, seed=1, rank=r, world_size=2))
+              for r in range(2)]
+    assert len(shards[0]) == len(shards[1]) == len(single)
+    for whole, s0, s1 in zip(single, *shards):
+        assert s0[:3] + s1[:3] == whole[:6] and s0[3:] + s1[3:] == whole[6:]  # the single-process batch, split
+
+
+def test_grouped_errors_name_the_problem():
+    pids, groups = _grouped()
+    with pytest.raises(ValueError, match="group labels for"):
+        GroupedPairSampler(pids, groups[:-1], batch_size=4)
+    with pytest.raises(ValueError, match="batch_size\\*world_size = 100\\*1"):
+        _quiet(GroupedPairSampler, pids, groups, batch_size=100)

@@ -99,7 +99,7 @@ def test_shipped_configs():
     defaults = TrainConfig()
     assert (paper.model, paper.pretrained, paper.image_only, paper.projection) == ("ViT-L-14", "openai", True, False)
     for name in ("batch_size", "lr", "lr_end", "schedule", "power", "warmup_epochs", "weight_decay",
-                 "label_smoothing", "epochs", "resize", "flip_p", "loss"):
+                 "label_smoothing", "epochs", "resize", "flip_p", "loss", "group_by", "reinit_blocks"):
         assert getattr(paper, name) == getattr(defaults, name), name
     tiny = TrainConfig.from_yaml(CONFIGS / "cpu_tiny.yaml")
     assert (tiny.model, tiny.pretrained, tiny.data, tiny.device) == ("cliptk-tiny", "synthetic-players", "synthetic",
@@ -345,7 +345,7 @@ def test_run_from_config_on_synthetic_players(tmp_path, monkeypatch):
     pytest.importorskip("cliptk.synthetic")
     monkeypatch.setenv("CLIPTK_DATA", str(tmp_path))
     cfg = TrainConfig.from_yaml(CONFIGS / "cpu_tiny.yaml").replace(
-        model="cliptk-micro", pretrained=None, max_steps=2, progress=False, output_dir=None, batch_size=4,
+        model="cliptk-micro", pretrained=None, max_steps=2, progress=False, output_dir=None, batch_size=4, reinit_blocks=1,
         synthetic={"n_train_ids": 6, "n_test_ids": 3, "images_per_id": 3, "workers": 1, "challenge": False})
     model, h = T.run_from_config(cfg)
     assert len(list((tmp_path / "generated").glob("players-*/reid_training"))) == 1
@@ -387,3 +387,44 @@ def test_custom_batch_sampler_is_used(data):
     sampler = FixedPairs(train.table)
     h = fit(_model(), train, _cfg(epochs=3, flip_p=0.0), sampler=sampler)
     assert sampler.epochs == [0, 1, 2] and len(h.steps) == 3 * 2
+
+
+def test_group_by_builds_batches_of_whole_groups(data, monkeypatch):
+    train = data.subset("train")
+    table = train.table.copy()
+    table["team"] = np.where(table["pid"] % 2 == 0, "even", "odd")
+    teams = ReIdDataset(train.root, table, name="teams")
+    seen = []
+    real = T.GroupedPairSampler
+
+    class Spy(real):
+        def __iter__(self):
+            for batch in super().__iter__():
+                seen.append(batch)
+                yield batch
+
+    monkeypatch.setattr(T, "GroupedPairSampler", Spy)
+    fit(_model(), teams, _cfg(epochs=1, flip_p=0.0, group_by="team"))
+    assert seen, "fit did not use the grouped sampler"
+    # 8 identities in two groups of 4, batches of 4: every batch is exactly one group
+    for batch in seen:
+        assert len({table["team"][i] for i in batch}) == 1
+    with pytest.raises(KeyError, match="group_by='kit'.*no such column"):
+        fit(_model(), teams, _cfg(epochs=1, group_by="kit"))
+
+
+def test_reinit_blocks_reinitialises_the_top_block_reproducibly(data, tmp_path):
+    loaded = _weights(_model())
+    cfg = _cfg(epochs=1, max_steps=1, lr=1e-9, lr_end=1e-9, warmup_epochs=0, reinit_blocks=1, output_dir=str(tmp_path))
+    model = _model()
+    fit(model, data, cfg)
+    after = _weights(model)
+    n = len(model.visual.transformer.resblocks)
+    top = f"clip.visual.transformer.resblocks.{n - 1}.attn.in_proj_weight"
+    low = "clip.visual.transformer.resblocks.0.attn.in_proj_weight"
+    assert not torch.allclose(after[top], loaded[top], atol=1e-3)     # re-initialised
+    torch.testing.assert_close(after[low], loaded[low], atol=1e-6, rtol=0)   # a 1e-9 step barely moves it
+    # the same seed gives the same new weights
+    again = _model()
+    fit(again, data, cfg.replace(output_dir=None))
+    torch.testing.assert_close(_weights(again)[top], after[top])
