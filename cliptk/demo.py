@@ -74,7 +74,7 @@ def run_demo(out: Path = Path("runs/demo"), data_root: Path | None = None, minut
     cfg = TrainConfig.from_yaml(config_path("cpu_tiny"))
     say(f"2/6 zero-shot: {cfg.model} ({cfg.pretrained})")
     zero = load_model(cfg.model, cfg.pretrained)
-    zs = evaluate(zero, ds)
+    zs = evaluate(zero, ds, flip=cfg.eval_flip)   # the config's test protocol, as fit's evaluations
     colours = sorted(query.table["colour"].unique())
     prompts = {n: [CAPTION_TEMPLATE.format(colour=c, number=n) for c in colours] for n in range(100)}
     probe = zero_shot_probe(zero, query, "number", prompts)
@@ -93,7 +93,7 @@ def run_demo(out: Path = Path("runs/demo"), data_root: Path | None = None, minut
     report.figure("Training", history_figure(history))
 
     say("4/6 evaluating the fine-tuned model")
-    ft = evaluate(model, ds)
+    ft = evaluate(model, ds, flip=cfg.eval_flip)
     rows.append(_row("fine-tuned", ft))
     emb_after = embed(model, test)
     from .debug import rank_gallery, worst_queries_html
@@ -130,7 +130,8 @@ def _finish(rows, report: Report, out: Path, say) -> pd.DataFrame:
     table = pd.DataFrame(rows).set_index("model")
     report.parts.insert(0, table.to_html(float_format=lambda v: f"{v:.3f}", border=0, na_rep="–"))
     report.parts.insert(1, "<p class='note'>The fine-tuned model is the image tower only (CLIP-ReIdent), so it has no "
-                           "text probe. Chance for shirt numbers is 1 %.</p>")
+                           "text probe. Chance for shirt numbers is 1 %. Re-id embeddings are averaged with their horizontal flip "
+                           "when the config says so (<code>eval_flip</code>), for both models.</p>")
     report.parts.insert(0, "<h2>Metrics</h2>")
     table.to_csv(out / "metrics.csv")
     path = report.save(out / "report.html")
