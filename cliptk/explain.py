@@ -109,8 +109,9 @@ class CamConfig:
             channel is weighted by its group's score (after Group-CAM, Zhang et al. 2021). 16
             groups of the fine-tuned tiny ViT's 128 channels keep Pearson r ~0.96 with the exact
             map at 5x fewer forward passes; on some towers single pairs agree far less (the bundled
-            caption-pretrained tiny ViT: r < 0.6 for about one query in six), so check a few maps
-            against the exact path. ``None`` (or at least the number of channels) = exact.
+            caption-pretrained tiny ViT: r < 0.6 for about one query in six; a tiny ViT from a
+            newer fine-tuning recipe: r 0.88 / 0.78 on two of three benchmark pairs at 16 to 32
+            groups), so check a few maps against the exact path. ``None`` (or at least the number of channels) = exact.
         amp: fast path: bf16 autocast for the masked forward passes; ``None`` = on for CUDA only.
 
     Raises:
@@ -576,7 +577,11 @@ def _fast_maps(model: nn.Module, x: torch.Tensor, acts: torch.Tensor, references
     scored one. Measured on the fine-tuned tiny ViT (128 channels, 6 queries x 10 gallery images,
     median Pearson r with the exact map): 16 correlation groups 0.96 (worst query 0.93); 16 groups
     of consecutive channels, as Group-CAM forms them, 0.77; the 16 channels of highest activation
-    variance with the mean score for the rest (cliptk's first approximation) 0.89 (worst 0.83)."""
+    variance with the mean score for the rest (cliptk's first approximation) 0.89 (worst 0.83). On a
+    model from a newer fine-tuning recipe the groups explain almost none of the score variance of
+    some pairs (even the exact scores averaged per group give r 0.84 on the benchmark's library
+    pairs at 16 groups); no B-independent grouping variant tried (scaled, uncentred or min-max
+    maps, average linkage, largest channels as singletons) reached r 0.9 there at 16-20 groups."""
     device = x.device
     amp = device.type == "cuda" if config.amp is None else bool(config.amp)
     bs = _batch_size(config, device)
