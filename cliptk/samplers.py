@@ -105,6 +105,30 @@ def _deal(units: np.ndarray, group: int, rng: np.random.Generator, drop_last: bo
     return [b[rng.permutation(len(b))] for b in batches]
 
 
+def _pair_identities(pids, batch_size: int, world_size: int, per_epoch: str, cls: type
+                     ) -> tuple[np.ndarray, list[np.ndarray], int]:
+    """Check the arguments of a pair sampler and return the identities that can form a pair: their
+    pids, their images (dataset indices) and how many single-image identities were skipped (warned)."""
+    name = cls.__name__
+    if batch_size < 1:
+        raise ValueError(f"batch_size must be >= 1, got {batch_size}")
+    if per_epoch not in ("images", "identities"):
+        raise ValueError(f"per_epoch must be 'images' or 'identities', got {per_epoch!r}")
+    uniq, members = _group_by_pid(pids)
+    ok = [i for i, g in enumerate(members) if len(g) >= 2]
+    skipped = len(members) - len(ok)
+    if skipped:
+        warnings.warn(f"{name}: skipping {skipped} of {len(members)} identities that have a single image "
+                      "(no positive pair possible)", stacklevel=4)
+    need = batch_size * world_size
+    if len(ok) < need:
+        raise ValueError(
+            f"{name} needs at least batch_size*world_size = {batch_size}*{world_size} = {need} identities with "
+            f">= 2 images, found {len(ok)} ({skipped} single-image identities skipped); lower batch_size or add "
+            "identities")
+    return uniq[ok], [members[i] for i in ok], skipped
+
+
 class _IdentityBatchSampler:
     """Shared epoch / rank / validation logic."""
 
@@ -168,29 +192,8 @@ class UniqueIdPairSampler(_IdentityBatchSampler):
         per_epoch: Literal["images", "identities"] = "images",
     ) -> None:
         super().__init__(seed, rank, world_size, drop_last)
-        if batch_size < 1:
-            raise ValueError(f"batch_size must be >= 1, got {batch_size}")
-        if per_epoch not in ("images", "identities"):
-            raise ValueError(f"per_epoch must be 'images' or 'identities', got {per_epoch!r}")
         self.batch_size, self.per_epoch = batch_size, per_epoch
-        uniq, groups = _group_by_pid(pids)
-        ok = [i for i, g in enumerate(groups) if len(g) >= 2]
-        self.n_skipped = len(groups) - len(ok)
-        if self.n_skipped:
-            warnings.warn(
-                f"UniqueIdPairSampler: skipping {self.n_skipped} of {len(groups)} identities that have a "
-                "single image (no positive pair possible)",
-                stacklevel=2,
-            )
-        self.pids = uniq[ok]
-        self.groups = [groups[i] for i in ok]
-        need = batch_size * world_size
-        if len(self.groups) < need:
-            raise ValueError(
-                f"UniqueIdPairSampler needs at least batch_size*world_size = {batch_size}*{world_size} = {need} "
-                f"identities with >= 2 images, found {len(self.groups)} ({self.n_skipped} single-image identities "
-                "skipped); lower batch_size or add identities"
-            )
+        self.pids, self.groups, self.n_skipped = _pair_identities(pids, batch_size, world_size, per_epoch, type(self))
         sizes = np.array([len(g) for g in self.groups])
         self._units = sizes if per_epoch == "images" else np.ones_like(sizes)
 
@@ -266,24 +269,8 @@ class GroupedPairSampler(_IdentityBatchSampler):
         super().__init__(seed, rank, world_size, drop_last=True)
         if len(groups) != len(pids):
             raise ValueError(f"GroupedPairSampler: {len(groups)} group labels for {len(pids)} pids; give one per item")
-        if batch_size < 1:
-            raise ValueError(f"batch_size must be >= 1, got {batch_size}")
-        if per_epoch not in ("images", "identities"):
-            raise ValueError(f"per_epoch must be 'images' or 'identities', got {per_epoch!r}")
         self.batch_size, self.per_epoch = batch_size, per_epoch
-        uniq, members = _group_by_pid(pids)
-        ok = [i for i, g in enumerate(members) if len(g) >= 2]
-        self.n_skipped = len(members) - len(ok)
-        if self.n_skipped:
-            warnings.warn(f"GroupedPairSampler: skipping {self.n_skipped} of {len(members)} identities that have a "
-                          "single image (no positive pair possible)", stacklevel=2)
-        self.pids = uniq[ok]
-        self.images = [members[i] for i in ok]
-        need = batch_size * world_size
-        if len(self.images) < need:
-            raise ValueError(
-                f"GroupedPairSampler needs at least batch_size*world_size = {batch_size}*{world_size} = {need} "
-                f"identities with >= 2 images, found {len(self.images)}; lower batch_size or add identities")
+        self.pids, self.images, self.n_skipped = _pair_identities(pids, batch_size, world_size, per_epoch, type(self))
         labels = [groups[int(g[0])] for g in self.images]
         self.groups = [np.array(ids) for ids in _collect(labels)]
         mean_images = np.mean([len(g) for g in self.images])
