@@ -873,7 +873,8 @@ def _fit(model: ClipModel, train_data: ReIdDataset, cfg: TrainConfig, eval_data:
     _prepare_model(model, cfg, fresh=ckpt_path is None)
     _seed_all(cfg.seed + rank)
     if cfg.reinit_blocks and ckpt_path is None:
-        with torch.random.fork_rng(devices=[]):   # same new weights on every rank; training RNG untouched
+        rng_devices = [device.index or 0] if device.type == "cuda" else []
+        with torch.random.fork_rng(devices=rng_devices):   # same new weights on every rank; training RNG untouched
             torch.manual_seed(cfg.seed)
             reinit_top_blocks(model, cfg.reinit_blocks)
 
