@@ -20,9 +20,6 @@ from cliptk.viz import export_html, html_fragment, plot_embeddings, project, thu
 
 pytestmark = pytest.mark.browser
 
-CHROMIUM = Path("/usr/bin/chromium")
-ARGS = ["--no-sandbox", "--disable-gpu", "--disable-background-networking", "--disable-component-update",
-        "--disable-sync", "--no-first-run"]
 SCREENSHOT = Path(__file__).resolve().parents[1] / "docs" / "img" / "export_hover.png"
 VIEWPORT = {"width": 1000, "height": 640}
 
@@ -37,17 +34,6 @@ THUMB_STATE = """() => {
   return box && {display: getComputedStyle(box).display, src: img.src, natural: img.naturalHeight,
                  complete: img.complete, label: box.textContent};
 }"""
-
-
-@pytest.fixture(scope="module")
-def browser():
-    if not CHROMIUM.exists():
-        pytest.skip("no /usr/bin/chromium: install it with `apt-get update && apt-get install -y chromium`")
-    sync_api = pytest.importorskip("playwright.sync_api", reason="the playwright Python package is not installed")
-    with sync_api.sync_playwright() as p:
-        b = p.chromium.launch(executable_path=str(CHROMIUM), args=ARGS, headless=True)
-        yield b
-        b.close()
 
 
 @pytest.fixture(scope="module")

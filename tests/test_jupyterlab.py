@@ -36,9 +36,6 @@ pytestmark = [pytest.mark.browser, pytest.mark.slow]
 
 REPO = Path(__file__).resolve().parents[1]
 NOTEBOOK = "03_embedding_space.ipynb"
-CHROMIUM = Path("/usr/bin/chromium")
-ARGS = ["--no-sandbox", "--disable-gpu", "--disable-background-networking", "--disable-component-update",
-        "--disable-sync", "--no-first-run"]
 IMG = REPO / "docs" / "img"
 VIEWPORT = {"width": 1440, "height": 1000}
 # bounded waits, generous for a loaded 2-core machine (never asserted on: they only stop a hung run)
@@ -191,17 +188,6 @@ def _stop(proc: subprocess.Popen, base: str, token: str) -> None:
             child.kill()
         except Exception:
             pass
-
-
-@pytest.fixture(scope="module")
-def browser():
-    if not CHROMIUM.exists():
-        pytest.skip("no /usr/bin/chromium: install it with `apt-get update && apt-get install -y chromium`")
-    sync_api = pytest.importorskip("playwright.sync_api", reason="the playwright Python package is not installed")
-    with sync_api.sync_playwright() as p:
-        b = p.chromium.launch(executable_path=str(CHROMIUM), args=ARGS, headless=True)
-        yield b
-        b.close()
 
 
 @pytest.fixture(scope="module")
