@@ -271,8 +271,8 @@ class GroupedPairSampler(_IdentityBatchSampler):
             raise ValueError(f"GroupedPairSampler: {len(groups)} group labels for {len(pids)} pids; give one per item")
         self.batch_size, self.per_epoch = batch_size, per_epoch
         self.pids, self.images, self.n_skipped = _pair_identities(pids, batch_size, world_size, per_epoch, type(self))
-        labels = [groups[int(g[0])] for g in self.images]
-        self.groups = [np.array(ids) for ids in _collect(labels)]
+        labels = np.array([str(groups[int(g[0])]) for g in self.images])   # one label per identity
+        self.groups = sorted(_group_by_pid(labels)[1], key=lambda ids: ids[0])  # identity positions, by first seen
         mean_images = np.mean([len(g) for g in self.images])
         self.passes = max(1, int(round(mean_images))) if per_epoch == "images" else 1
 
@@ -283,6 +283,7 @@ class GroupedPairSampler(_IdentityBatchSampler):
         rng = self._rng()
         g = self.batch_size * self.world_size
         perms = [rng.permutation(im) for im in self.images]
+        mine = slice(self.rank * self.batch_size, (self.rank + 1) * self.batch_size)
         for p in range(self.passes):
             order = np.concatenate([rng.permutation(self.groups[k]) for k in rng.permutation(len(self.groups))])
             for b in range(len(order) // g):
@@ -292,20 +293,7 @@ class GroupedPairSampler(_IdentityBatchSampler):
                     q = p % len(perm)
                     queries.append(int(perm[q]))
                     positives.append(int(perm[(q + rng.integers(1, len(perm))) % len(perm)]))
-                mine = slice(self.rank * self.batch_size, (self.rank + 1) * self.batch_size)
                 yield queries[mine] + positives[mine]
-
-
-def _collect(labels: Sequence) -> list[list[int]]:
-    """Positions of ``labels`` grouped by value, groups in order of first appearance."""
-    index: dict = {}
-    out: list[list[int]] = []
-    for i, lab in enumerate(labels):
-        if lab not in index:
-            index[lab] = len(out)
-            out.append([])
-        out[index[lab]].append(i)
-    return out
 
 
 class PKSampler(_IdentityBatchSampler):
