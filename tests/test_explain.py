@@ -37,6 +37,16 @@ def noise_image(seed: int, size=(20, 44)) -> Image.Image:
     return Image.fromarray(rng.integers(0, 256, (size[1], size[0], 3), dtype=np.uint8))
 
 
+def noise_dataset(root, n: int, n_ids: int, seed: int):
+    """A CSV dataset of ``n`` noise images: pid ``i % n_ids``, the first two rows the query split."""
+    rows = []
+    for i in range(n):
+        noise_image(seed + i).save(root / f"{i}.png")
+        rows.append({"path": f"{i}.png", "pid": i % n_ids, "split": "query" if i < 2 else "gallery"})
+    pd.DataFrame(rows).to_csv(root / "m.csv", index=False)
+    return ct.read_csv(root / "m.csv")
+
+
 def all_hooks(model: nn.Module) -> int:
     return sum(len(m._forward_hooks) + len(m._forward_pre_hooks) + len(m._backward_hooks) for m in model.modules())
 
@@ -425,12 +435,7 @@ def test_fp32_under_bf16_and_dtype_restored(images):
 
 # --- inputs and options -------------------------------------------------------------------------------
 def test_dataset_indices_tensors_and_errors(micro, tmp_path):
-    rows = []
-    for i in range(4):
-        noise_image(10 + i).save(tmp_path / f"{i}.png")
-        rows.append({"path": f"{i}.png", "pid": i % 2, "split": "query" if i < 2 else "gallery"})
-    pd.DataFrame(rows).to_csv(tmp_path / "m.csv", index=False)
-    ds = ct.read_csv(tmp_path / "m.csv")
+    ds = noise_dataset(tmp_path, n=4, n_ids=2, seed=10)
     q, g = ds.subset("query"), ds.subset("gallery")
     by_index = similarity_cam(micro, 1, 0, dataset=(q, g), fast=True)
     by_image = similarity_cam(micro, q[1], g[0], fast=True)
@@ -606,12 +611,7 @@ def test_figures_render_to_html(micro, images):
 def test_pair_picker_widget(micro, tmp_path):
     from cliptk.widgets_cam import CamPairPicker
 
-    rows = []
-    for i in range(6):
-        noise_image(20 + i).save(tmp_path / f"{i}.png")
-        rows.append({"path": f"{i}.png", "pid": i % 3, "split": "query" if i < 2 else "gallery"})
-    pd.DataFrame(rows).to_csv(tmp_path / "m.csv", index=False)
-    ds = ct.read_csv(tmp_path / "m.csv")
+    ds = noise_dataset(tmp_path, n=6, n_ids=3, seed=20)
     picker = CamPairPicker(micro, ds)
     seen = []
     picker.on_result(seen.append)
