@@ -6,15 +6,17 @@ Prints, for the bundled tiny CLIP on the synthetic players (2 CPU threads by def
 2. the same after fine-tuning with ``configs/cpu_tiny.yaml`` within ``--minutes``, and the wall time;
 3. training throughput (images/s) of :func:`cliptk.train.fit` divided by that of a bare
    hand-written loop (same model, same batches and flips, same loss, plain AdamW, no schedule,
-   no logging), measured side by side in this run, alternating fit / bare twice.
+   no logging), measured side by side in this run, alternating fit / bare twice. The bare loop
+   is built from cliptk.train's public pieces (``make_sampler``, ``PairImages``, ``joint_flip``),
+   so the ratio is the cost of everything ``Trainer.step`` adds around the loss.
 
 Targets: fine-tuned mAP >= 0.90 and >= 10 points above zero-shot within 5 minutes; throughput
 ratio >= 0.95.
 
 Measured (2 otherwise idle CPU cores, configs/cpu_tiny.yaml: batch 64 pairs of whole kits, the
 top 3 of 4 blocks re-initialised, logit scale started at 50, lr 1e-3 -> 1e-4, 10 epochs = 600
-steps, flip-averaged test embeddings): see the README's table. Without flip averaging the same run
-scores 0.891 (zero-shot 0.448); the ablation of each setting is in the README as well.
+steps, flip-averaged test embeddings): see benchmarks/RESULTS.md and the README's table, which
+also hold the scores without flip averaging and the ablation of each setting.
 
     python benchmarks/bench_finetune.py                         # the embedded default
     python benchmarks/bench_finetune.py --minutes 3 --ratio-steps 20
@@ -33,7 +35,8 @@ from torch.utils.data import DataLoader
 
 from cliptk.evaluate import evaluate
 from cliptk.losses import make_loss
-from cliptk.train import _joint_flip, _load_data, _load_model, _PairImages, _train_rows, fit, load_config, make_sampler
+from cliptk.recipes import dataset_from_config, load_from_config
+from cliptk.train import PairImages, fit, joint_flip, load_config, make_sampler, train_rows
 
 ROOT = Path(__file__).resolve().parents[1]
 
@@ -53,7 +56,7 @@ def bare_loop(model, view, train, cfg, steps: int) -> list[float]:
         sampler.set_epoch(epoch)
         for batch, (x, _) in enumerate(loader):
             b = x.shape[0] // 2
-            x = _joint_flip(x, cfg.seed, epoch, batch, 0, 1, cfg.flip_p)
+            x = joint_flip(x, cfg.seed, epoch, batch, 0, 1, cfg.flip_p)
             e = model(x).float()
             loss = loss_fn(e[:b], e[b:], model.logit_scale.exp())
             opt.zero_grad(set_to_none=True)
@@ -86,9 +89,9 @@ def main() -> None:
     if args.pretrained:
         over["pretrained"] = args.pretrained
     cfg = load_config(args.config, over)
-    data = _load_data(cfg)
-    train = _train_rows(data, cfg)
-    base = _load_model(cfg)
+    data = dataset_from_config(cfg)
+    train = train_rows(data, cfg)
+    base = load_from_config(cfg)
     print(f"model {cfg.model} / {cfg.pretrained}; data {data!r}; {args.threads} threads")
 
     # 1. zero-shot
@@ -97,7 +100,7 @@ def main() -> None:
     t_eval = time.perf_counter() - t0
 
     # 2. throughput: fit vs a bare loop, same batches, alternated (fit, bare, fit, bare)
-    view = _PairImages(train, base.preprocess, cache=cfg.cache_images)
+    view = PairImages(train, base.preprocess, cache=cfg.cache_images)
     n = args.ratio_steps
     quick = cfg.replace(max_steps=n, max_minutes=None, output_dir=None, eval_before=False, progress=False)
     imgs = 2 * cfg.batch_size

@@ -23,52 +23,11 @@ depend on the machine's load). Per tower it times:
 as smooth as a CAM (noise on the layer's grid). On a random-init model they mean little; with
 ``--checkpoint`` a useful map has a deletion AUC below random and an insertion AUC above.
 
-Measured (``--threads 1 --repeat 3``, 2 shared cores; wall s/map, images/map):
-
-====================================  =================  ==============  =======================
-tower                                 exact fast, 10     approx 16 grp   r(lib), r(fast) med/min
-====================================  =================  ==============  =======================
-fine-tuned tiny ViT (128 ch)          0.0228 s, 13.9     0.0051 s, 2.7   0.951, 0.973/0.933
-fine-tuned, new recipe (runs/demo)     0.0237 s, 13.9     0.0052 s, 2.7   0.880, 0.894/0.773
-random-init tiny ViT (128 ch)         0.0224 s, 13.9     0.0050 s, 2.7   0.999, 0.999/0.999
-random-init tiny ResNet (512 ch)      0.0733 s, 41.2     0.0083 s, 2.8   0.985, 0.994/0.970
-====================================  =================  ==============  =======================
-
-so 16 groups are 5.1x (images) and 4.4-4.7x (wall, four runs) cheaper than the exact fast path on
-the fine-tuned ViT (4.3x wall with 2 threads), at r(lib) 0.95. The model from the newer fine-tuning recipe (``runs/demo``,
-second row) misses the agreement target: r(lib) 0.880 at 16 groups, 0.883 at 20, 0.885 at 24, 0.91
-at 32 (3.2x), because two of the three library pairs (r 0.88 and 0.78) have scores that the channel
-maps do not predict: the correlation groups explain almost none of their score variance, even the
-exact scores averaged within each group give r(lib) 0.84 at 16 groups, and a linear fit of the 128
-exact scores on 12 principal components of the masks reaches R^2 0.41 / 0.22 (in sample). Variants
-tried on it (Ward on maps scaled by std or RMS, uncentred or min-max normalised maps, masked pixels,
-average linkage, the 4 largest-RMS channels as singletons) reach r(lib) 0.69-0.91 at 16-20 groups,
-none >= 0.9 at >= 4x, so the default stays plain correlation Ward. The first approximation (the 32 channels of highest
-activation variance, the rest given the mean score) needed 4.3 images/map for r 0.96 and fell to r
-0.59 at 8 channels. Agreement over 6 queries x 10 gallery images (``players(10, seed)``, seeds 0-5;
-median r per query with the exact map, mean / worst query):
-
-=========  ==========  =============  ==============  ============  ==============
-groups     images/map  fine-tuned     random ViT      random RN     bundled tiny*
-=========  ==========  =============  ==============  ============  ==============
-4          1.5         0.854 / 0.710  0.990 / 0.966   0.978 / 0.955  0.753 / 0.242
-8          1.9         0.922 / 0.845  0.996 / 0.988   0.987 / 0.973  0.866 / 0.579
-12         2.3         0.936 / 0.879  0.996 / 0.985   0.987 / 0.974  0.876 / 0.559
-16         2.7         0.958 / 0.934  0.996 / 0.986   0.985 / 0.967  0.865 / 0.473
-20         3.1         0.964 / 0.924  0.996 / 0.985   0.985 / 0.967  0.886 / 0.524
-24         3.5         0.966 / 0.911  0.996 / 0.985   0.995 / 0.987  0.869 / 0.353
-32         4.3         0.974 / 0.948  0.997 / 0.988   0.996 / 0.991  0.947 / 0.773
-=========  ==========  =============  ==============  ============  ==============
-
-(*) ``cliptk-tiny`` with its bundled caption-pretrained weights is the hard case: for some pairs the
-ViT's ``ln_1`` channels nearly cancel in the weighted sum, the exact map is a flat background with a
-small peak, and every approximation tried (top variance, groups, splitting the heaviest groups,
-a linear correction within groups) misses it on about one query in six (at 32 channels the top-variance
-choice did a little better there: 0.957 / 0.920); use the exact fast path for such a model.
+Results and the lab notes on the approximation: ``benchmarks/RESULTS.md`` (Score-CAM section).
 
 A random tiny ModifiedResNet's embedding is nearly constant (zero-initialised last BN of each block,
 eval-mode BN with unit statistics), so its BN statistics are calibrated on noise first with
-``ct.calibrate_batchnorm`` (random init only). Inputs are synthetic players (``cliptk.synthetic``) when
+``cliptk.models.calibrate_batchnorm`` (random init only). Inputs are synthetic players (``cliptk.synthetic``) when
 available, noise images otherwise.
 """
 from __future__ import annotations
@@ -83,6 +42,7 @@ from PIL import Image
 
 import cliptk as ct
 from cliptk.explain import default_target_layer, faithfulness, similarity_cam, similarity_cams
+from cliptk.models import ClipModel, calibrate_batchnorm
 
 
 def players(n_gallery: int, seed: int = 0) -> tuple[Image.Image, list[Image.Image], str]:
@@ -107,7 +67,7 @@ def pearson(a: np.ndarray, b: np.ndarray) -> float:
 class Meter:
     """Wall time, process CPU time and images through the image tower (a load-independent cost)."""
 
-    def __init__(self, model: ct.ClipModel):
+    def __init__(self, model: ClipModel):
         self.images = 0
         self.model = model
 
@@ -136,7 +96,7 @@ class Meter:
         return best
 
 
-def bench(model: ct.ClipModel, query, gallery, library_pairs: int, args) -> tuple[list[tuple], dict, int, int]:
+def bench(model: ClipModel, query, gallery, library_pairs: int, args) -> tuple[list[tuple], dict, int, int]:
     n = len(gallery)
     k = min(library_pairs, n)
     meter = Meter(model)
@@ -242,7 +202,7 @@ def main() -> None:
     for name, weights in specs:
         model = ct.load_model(name, weights, image_only=True)
         if weights is None and model.tower_type == "resnet":
-            ct.calibrate_batchnorm(model)
+            calibrate_batchnorm(model)
         rows, verdict, channels, k = bench(model, query, gallery, args.library_pairs, args)
         init = "random init" if weights is None else weights
         print(f"{name} ({model.tower_type}, {init}; layer {default_target_layer(model)}, {channels} channels; "

@@ -385,11 +385,11 @@ def loader_ceiling(model, pool: list, pairs: int, plan: Plan, device: torch.devi
     from torch.utils.data import DataLoader
 
     from cliptk.samplers import UniqueIdPairSampler
-    from cliptk.train import _PairImages
+    from cliptk.train import PairImages
 
     steps = plan.warm + plan.measure
     data = random_dataset(pool, n_ids=pairs, per_id=steps + 1)
-    loader = DataLoader(_PairImages(data, model.preprocess), batch_sampler=UniqueIdPairSampler(data.pids, pairs),
+    loader = DataLoader(PairImages(data, model.preprocess), batch_sampler=UniqueIdPairSampler(data.pids, pairs),
                         num_workers=plan.workers, pin_memory=device.type == "cuda")
     it = iter(loader)
     next(it)[0].to(device)
@@ -450,7 +450,7 @@ def section_finetune(role: str, name: str, plan: Plan, device: torch.device, res
     if big and budget.ok(30):
         try:
             entry["loader"] = loader_ceiling(model, pool, big, plan, device)
-        except Exception as err:  # the check reads a private class of cliptk.train; report, go on
+        except Exception as err:  # the loader check is a side measurement: report, go on
             entry["loader"] = {"error": f"{type(err).__name__}: {err}"}
     del model
     free_memory()

@@ -2,70 +2,72 @@
 explanations of image-to-image similarity (player re-identification, after CLIP-ReIdent).
 
     import cliptk as ct
-    ds = ct.read_deepsportradar(ct.generate_players("data/generated/players"))
+    ds = ct.players()                             # the embedded default, or ct.read_dataset("/data/my_reid")
     model = ct.load_model()                       # the bundled tiny CLIP, offline
     print(ct.evaluate(model, ds))                 # zero-shot re-id mAP / CMC
 
-Everything a notebook needs is re-exported here; modules hold one concept each.
+The verbs of the story live here (about forty names, each used by a notebook, the README or the
+command line). Everything else is reached through its family: ``ct.data``, ``ct.synthetic``,
+``ct.models``, ``ct.metrics``, ``ct.losses``, ``ct.samplers``, ``ct.train``, ``ct.recipes``,
+``ct.explain``, ``ct.viz``, ``ct.diagnose``, ``ct.widgets``, ``ct.lab``, ``ct.settings``.
+
+Names load on first use (PEP 562), so ``import cliptk`` — and so every ``torchrun`` worker — does not
+import plotly, ipywidgets, umap or grad-cam until a plotting, widget or explanation name is touched.
+``embed`` and ``evaluate`` are imported eagerly: they are also the names of their modules, and a lazy
+submodule import would rebind the package attribute to the module.
 """
-from . import smoke
-from .data import (ImageLoadError, ReIdDataset, load_image, read_csv, read_dataset, read_deepsportradar, read_folder,
-                   read_market1501)
+from __future__ import annotations
+
+import importlib
+from typing import Any
+
 from .embed import embed, embed_texts
 from .evaluate import evaluate, zero_shot_probe
-from .losses import (DecoupledSoftmax, GISTFilter, GuidedInfoNCE, InfoNCE, LogitScale, SoftTargetInfoNCE, SupCon,
-                     gather_with_grad, make_loss)
-from .metrics import (ProbeResult, ReIdResult, alignment, classify_zero_shot, evaluate_reid, knn_accuracy,
-                      modality_gap, neighbourhood_overlap, rerank_k_reciprocal, trustworthiness, uniformity)
-from .models import (DEFAULT_MODEL, DEFAULT_PRETRAINED, ClipModel, WeightsNotAvailableError, calibrate_batchnorm,
-                     freeze, list_models, load_model, reinit_top_blocks, save_model)
-from .samplers import GroupedPairSampler, PKSampler, UniqueIdPairSampler
-from . import lab
-from .lab import LabData, LabHead, LabMethod, gist_mask_sweep, plot_lab, run_lab, train_head
-from .explain import (CamConfig, Faithfulness, SimilarityCam, explain_topk, faithfulness, plot_cam_grid, plot_cam_pair,
-                      plot_faithfulness, select_pairs, similarity_cam, similarity_cams)
-from .viz import (aligned_projection, embedding_report, export_html, html_fragment, plot_before_after, plot_embeddings,
-                  project, warm_up)
-from .widgets import Explorer
-from .widgets_cam import CamPairPicker
-from .train import History, NonFiniteLossError, TrainConfig, fit, live_plot, run_from_config
-from .synthetic import generate_players, make_players, render_player, samples_grid
-from .default import finetuned, players, players_root
-from .debug import (RankBrowser, Ranking, ap_breakdown, confused_pairs, find_leaks, label_noise_suspects, plot_ranked,
-                    plot_similarity_hist, pos_neg_similarities, rank_gallery, similarity_threshold, worst_queries_html)
-from .download import download_deepsportradar
-from .report import Report
-from .submission import read_submission, write_submission
 
 __version__ = "0.1.0"
 
-__all__ = [
+#: top-level name -> module it lives in (relative to the package)
+_VERBS: dict[str, str] = {
     # data
-    "ReIdDataset", "ImageLoadError", "load_image", "read_folder", "read_csv", "read_deepsportradar",
-    "read_market1501", "read_dataset", "generate_players", "make_players", "render_player", "samples_grid",
-    # models and embeddings
-    "ClipModel", "load_model", "save_model", "freeze", "calibrate_batchnorm", "reinit_top_blocks", "list_models", "WeightsNotAvailableError",
-    "DEFAULT_MODEL", "DEFAULT_PRETRAINED", "embed", "embed_texts",
-    # evaluation
-    "evaluate", "zero_shot_probe", "evaluate_reid", "rerank_k_reciprocal", "classify_zero_shot", "ReIdResult",
-    "ProbeResult", "knn_accuracy", "neighbourhood_overlap", "trustworthiness", "alignment", "uniformity",
-    "modality_gap",
-    # training pieces
-    "InfoNCE", "SupCon", "DecoupledSoftmax", "SoftTargetInfoNCE", "GuidedInfoNCE", "GISTFilter", "LogitScale",
-    "gather_with_grad", "make_loss", "UniqueIdPairSampler", "GroupedPairSampler", "PKSampler",
-    # debugging, real data, reports
-    "rank_gallery", "Ranking", "plot_ranked", "worst_queries_html", "RankBrowser", "ap_breakdown", "confused_pairs",
-    "pos_neg_similarities", "similarity_threshold", "plot_similarity_hist", "find_leaks", "label_noise_suspects",
-    "download_deepsportradar", "write_submission", "read_submission", "Report",
+    "ReIdDataset": ".data", "ImageLoadError": ".data", "read_dataset": ".data", "read_deepsportradar": ".data",
+    "read_market1501": ".data", "read_folder": ".data", "read_csv": ".data",
+    "players": ".recipes", "generate_players": ".synthetic", "samples_grid": ".synthetic",
+    # models and evaluation
+    "load_model": ".models", "save_model": ".models", "WeightsNotAvailableError": ".models",
+    "evaluate_reid": ".metrics",
     # fine-tuning
-    "TrainConfig", "fit", "History", "NonFiniteLossError", "live_plot", "run_from_config",
+    "TrainConfig": ".train", "fit": ".train", "Trainer": ".train", "live_plot": ".train",
+    "run_from_config": ".recipes", "finetuned": ".recipes",
     # explanations
-    "similarity_cam", "similarity_cams", "explain_topk", "faithfulness", "select_pairs", "plot_cam_pair",
-    "plot_cam_grid", "plot_faithfulness", "CamConfig", "SimilarityCam", "Faithfulness", "CamPairPicker",
+    "similarity_cam": ".explain", "similarity_cams": ".explain", "explain_topk": ".explain",
+    "select_pairs": ".explain", "faithfulness": ".explain", "plot_cam_pair": ".explain",
+    "plot_cam_grid": ".explain", "plot_faithfulness": ".explain",
     # embedding space
-    "project", "warm_up", "aligned_projection", "plot_embeddings", "plot_before_after", "export_html",
-    "html_fragment", "embedding_report", "Explorer",
-    # losses lab
-    "lab", "LabMethod", "LabData", "LabHead", "train_head", "run_lab", "plot_lab", "gist_mask_sweep",
-    "players", "players_root", "finetuned", "smoke",
-]
+    "project": ".viz", "warm_up": ".viz", "plot_embeddings": ".viz", "plot_before_after": ".viz",
+    "export_html": ".viz", "embedding_report": ".viz",
+    # debugging
+    "rank_gallery": ".diagnose", "plot_ranked": ".diagnose", "worst_queries_html": ".diagnose",
+    # widgets
+    "Explorer": ".widgets", "CamPairPicker": ".widgets", "RankBrowser": ".widgets",
+}
+
+_FAMILIES = ("data", "synthetic", "models", "metrics", "losses", "samplers", "train", "recipes", "explain", "viz",
+             "diagnose", "widgets", "lab", "settings")
+
+__all__ = ["embed", "embed_texts", "evaluate", "zero_shot_probe", *_VERBS, *_FAMILIES]
+
+
+def __getattr__(name: str) -> Any:
+    if name in _VERBS:
+        value = getattr(importlib.import_module(_VERBS[name], __name__), name)
+    elif name in _FAMILIES:
+        value = importlib.import_module("." + name, __name__)
+    else:
+        raise AttributeError(f"module 'cliptk' has no attribute {name!r}; the families are {', '.join(_FAMILIES)} "
+                             f"(e.g. ct.losses.SupCon)")
+    globals()[name] = value  # cache: later lookups skip __getattr__
+    return value
+
+
+def __dir__() -> list[str]:
+    return sorted(set(globals()) | set(__all__))

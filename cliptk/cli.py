@@ -12,6 +12,13 @@ import sys
 import time
 from pathlib import Path
 
+from .data import read_dataset
+from .data.download import download_main
+from .evaluate import evaluate
+from .models import load_model
+from .recipes import run_from_config
+from .synthetic import generate_players
+
 __all__ = ["main"]
 
 
@@ -20,27 +27,17 @@ def _say(msg: str) -> None:
 
 
 def cmd_data_generate(args) -> int:
-    from .synthetic import generate_players
-
     root = generate_players(args.root, n_train_ids=args.train_ids, n_test_ids=args.test_ids,
                             images_per_id=args.images_per_id, seed=args.seed, workers=args.workers)
-    from .data import read_dataset
-
     print(read_dataset(root).summary().to_string())
     return 0
 
 
 def cmd_data_download(args) -> int:
-    from .download import download_main
-
     return download_main(args.name, args.root, url=args.url, md5=args.md5)
 
 
 def cmd_eval(args) -> int:
-    from .data import read_dataset
-    from .evaluate import evaluate
-    from .models import load_model
-
     pretrained = None if args.pretrained in ("none", "None", "") else args.pretrained
     model = load_model(args.model, pretrained, device=args.device, image_only=True)
     result = evaluate(model, read_dataset(args.data), flip=args.flip, rerank=args.rerank)
@@ -49,8 +46,6 @@ def cmd_eval(args) -> int:
 
 
 def cmd_train(args) -> int:
-    from .train import run_from_config
-
     overrides = dict(kv.split("=", 1) for kv in args.set or [])
     resume = None if args.resume is None else (True if args.resume == "" else args.resume)
     _, history = run_from_config(args.config, overrides, resume=resume)
@@ -61,7 +56,8 @@ def cmd_train(args) -> int:
 
 
 def cmd_demo(args) -> int:
-    from .demo import run_demo
+    from .demo import run_demo  # here, not at the top: the demo pulls in plotly, umap and grad-cam
+
 
     run_demo(out=Path(args.out), data_root=args.data, minutes=args.minutes, finetune=not args.no_finetune,
              say=_say)

@@ -13,22 +13,25 @@ from typing import Callable
 
 import pandas as pd
 
-from .default import config_path, players, players_root, smoke_config
+import plotly.graph_objects as go
+from plotly.subplots import make_subplots
+
+from . import explain, viz
+from .diagnose import rank_gallery, worst_queries_html
 from .embed import embed
 from .evaluate import evaluate, zero_shot_probe
 from .models import load_model, save_model
-from .report import Report
-from .smoke import is_smoke, pick
+from .recipes import config_path, load_from_config, players, players_root
+from .settings import is_smoke, pick, smoke_run
 from .synthetic import CAPTION_TEMPLATE
+from .train import TrainConfig, fit
+from .viz import Report
 
 __all__ = ["run_demo", "history_figure"]
 
 
 def history_figure(history):
     """Training loss per step and evaluation mAP / rank-1 per epoch, as one plotly figure."""
-    import plotly.graph_objects as go
-    from plotly.subplots import make_subplots
-
     fig = make_subplots(rows=1, cols=2, subplot_titles=("training loss", "evaluation"))
     steps, evals = history.steps, history.evals
     fig.add_trace(go.Scatter(x=steps["step"], y=steps["loss"], mode="lines", name="loss"), row=1, col=1)
@@ -58,9 +61,6 @@ def run_demo(out: Path = Path("runs/demo"), data_root: Path | None = None, minut
         minutes: fine-tuning time budget (default: the config's epochs).
         finetune: ``False`` stops after the zero-shot evaluation.
     """
-    from . import explain, viz
-    from .train import TrainConfig, fit
-
     out = Path(out)
     out.mkdir(parents=True, exist_ok=True)
     report = Report("cliptk demo: CLIP-ReIdent on synthetic players" + (" (smoke mode)" if is_smoke() else ""))
@@ -86,8 +86,8 @@ def run_demo(out: Path = Path("runs/demo"), data_root: Path | None = None, minut
 
     say("3/6 fine-tuning with the CLIP-ReIdent recipe (configs/cpu_tiny.yaml)")
     cfg = cfg.replace(output_dir=str(out / "checkpoints"), max_minutes=minutes)
-    cfg = smoke_config(cfg)
-    model = load_model(cfg.model, cfg.pretrained, image_only=cfg.image_only, projection=cfg.projection)
+    cfg = smoke_run(cfg)
+    model = load_from_config(cfg)
     history = fit(model, ds, cfg, eval_data=ds)
     save_model(model, out / "model.safetensors")
     report.figure("Training", history_figure(history))
@@ -96,8 +96,6 @@ def run_demo(out: Path = Path("runs/demo"), data_root: Path | None = None, minut
     ft = evaluate(model, ds, flip=cfg.eval_flip)
     rows.append(_row("fine-tuned", ft))
     emb_after = embed(model, test)
-    from .debug import rank_gallery, worst_queries_html
-
     ranking = rank_gallery(emb_after[: len(query)], emb_after[len(query):], query, gallery)
     report.raw("Worst queries of the fine-tuned model (green: same player, red: another player)",
                str(worst_queries_html(ranking, k=8, per_page=pick(10, 3))))
@@ -128,11 +126,10 @@ def run_demo(out: Path = Path("runs/demo"), data_root: Path | None = None, minut
 
 def _finish(rows, report: Report, out: Path, say) -> pd.DataFrame:
     table = pd.DataFrame(rows).set_index("model")
-    report.parts.insert(0, table.to_html(float_format=lambda v: f"{v:.3f}", border=0, na_rep="–"))
-    report.parts.insert(1, "<p class='note'>The fine-tuned model is the image tower only (CLIP-ReIdent), so it has no "
-                           "text probe. Chance for shirt numbers is 1 %. Re-id embeddings are averaged with their horizontal flip "
-                           "when the config says so (<code>eval_flip</code>), for both models.</p>")
-    report.parts.insert(0, "<h2>Metrics</h2>")
+    report.table("Metrics", table, na_rep="–", first=True)
+    report.raw(None, "<p class='note'>The fine-tuned model is the image tower only (CLIP-ReIdent), so it has no "
+                     "text probe. Chance for shirt numbers is 1 %. Re-id embeddings are averaged with their horizontal flip "
+                     "when the config says so (<code>eval_flip</code>), for both models.</p>", first=True)
     table.to_csv(out / "metrics.csv")
     path = report.save(out / "report.html")
     print(table.to_string(float_format=lambda v: f"{v:.3f}"), flush=True)

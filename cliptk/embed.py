@@ -20,6 +20,7 @@ from safetensors.torch import load_file, save_file
 from torch.utils.data import DataLoader, Dataset
 from tqdm.auto import tqdm
 
+from ._util import atomic_path
 from .data import ReIdDataset
 from .models import ClipModel
 
@@ -126,10 +127,8 @@ def embed(model: ClipModel, images: ReIdDataset | Sequence[Image.Image], *, batc
     if out is None:
         raise ValueError(f"embed: no readable image among {len(images)} inputs")
     if cache_file is not None:
-        cache_file.parent.mkdir(parents=True, exist_ok=True)
-        tmp = cache_file.with_name(cache_file.name + ".tmp")
-        save_file({"embeddings": out.contiguous()}, str(tmp))
-        os.replace(tmp, cache_file)
+        with atomic_path(cache_file) as tmp:
+            save_file({"embeddings": out.contiguous()}, str(tmp))
     return out
 
 

@@ -8,17 +8,15 @@ import os
 from typing import Sequence
 
 import numpy as np
+import torch
+import torch.nn.functional as F
 
 from .data import ReIdDataset
 from .embed import embed, embed_texts
 from .metrics import ProbeResult, ReIdResult, classify_zero_shot, evaluate_reid
 from .models import ClipModel
 
-__all__ = ["evaluate", "zero_shot_probe", "NUMBER_TEMPLATE"]
-
-#: The caption template the synthetic captions use for shirt numbers; probing with the captions'
-#: own wording matters for a tiny model (DESIGN.md §4).
-NUMBER_TEMPLATE = "a photo of a basketball player in a {colour} jersey with number {number}"
+__all__ = ["evaluate", "zero_shot_probe"]
 
 
 def evaluate(model: ClipModel, dataset: ReIdDataset, *, query: str = "query", gallery: str = "gallery",
@@ -60,9 +58,6 @@ def zero_shot_probe(model: ClipModel, dataset: ReIdDataset, column: str, prompts
         >>> prompts = {n: f"a photo of a basketball player with number {n}" for n in range(100)}
         >>> zero_shot_probe(model, ds.subset("query"), "number", prompts).accuracy   # doctest: +SKIP
     """
-    import torch
-    import torch.nn.functional as F
-
     if column not in dataset.table.columns:
         raise KeyError(f"{dataset.name} has no column {column!r}; columns: {list(dataset.table.columns)}")
     values = dataset.table[column]

@@ -14,7 +14,8 @@ seconds per method, so batching, loss and temperature can be compared with every
   guide = the frozen input features) on random batches. :data:`TEMPERATURE_SWEEP` is (g): fixed
   temperatures against the learnable scale of (b).
 - :class:`LabData`: train / query / gallery features with their pids (and camids).
-- :func:`train_head` -> ``(head, history)``; :func:`run_lab` -> one table row per method plus the
+- :func:`train_head` -> ``(head, history)``; :func:`evaluate_head` -> the head's query/gallery
+  :class:`cliptk.metrics.ReIdResult`; :func:`run_lab` -> one table row per method plus the
   frozen-feature baseline; :func:`plot_lab` -> one plotly figure.
 - :func:`batches`: the exact index batches a method trains on (for diagnostics and tests);
   :func:`false_negative_rate`: the analytic same-id rate of random batches;
@@ -34,6 +35,15 @@ images (``N = Σ n_i``); unique-id batches make it 0; multi-positive losses use 
 other-identity columns as negatives (0); GIST drops the masked columns first. For GIST it also
 reports the mask's precision and recall against the true same-identity pairs.
 
+A loss added with :func:`cliptk.losses.register_loss` can be used as ``LabMethod(loss=name)``
+at once; if it ``requires`` ``guide=`` or ``teacher=`` it gets the guide features of the batch.
+
+One module on purpose, although it is over 600 lines: it is one concept, *the experiment*
+(methods as data, their batches, one training loop, the table and its plot), and the parts only
+make sense together: the fairness rules above bind the batching, the head and the loop, and the
+bookkeeping of false negatives and GIST masks reads all three. The reusable pieces it builds
+on live elsewhere (losses, samplers, metrics).
+
 Example:
     >>> from cliptk import lab
     >>> data = lab.planted_data(n_train_ids=40, n_test_ids=20, per_id=6, dim=32, seed=0)
@@ -44,12 +54,13 @@ Example:
 from __future__ import annotations
 
 import dataclasses
+import inspect
 import math
 import time
 from collections.abc import Iterator, Mapping, Sequence
 from contextlib import contextmanager
 from dataclasses import dataclass
-from typing import Literal
+from typing import Any, Literal
 
 import numpy as np
 import pandas as pd
@@ -58,7 +69,7 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 
 from .data import ReIdDataset
-from .losses import GISTFilter, GuidedInfoNCE, LogitScale, make_loss
+from .losses import LOSSES, ContrastiveLoss, GISTFilter, GuidedInfoNCE, LogitScale, make_loss
 from .metrics import ReIdResult, evaluate_reid
 from .samplers import PKSampler, UniqueIdPairSampler
 
@@ -79,7 +90,8 @@ __all__ = [
 ]
 
 Batching = Literal["random", "unique", "pk"]
-LossName = Literal["infonce", "supcon", "decoupled", "soft", "gist"]
+_LAB_INPUTS = ("teacher", "guide")  # extra loss inputs the lab can make (from the guide features)
+_LOSS_OPTIONS = ("label_smoothing", "margin")  # LabMethod fields passed to a loss that takes them
 
 
 # --------------------------------------------------------------------------- configs
@@ -93,17 +105,19 @@ class LabMethod:
             in-batch negatives happen), ``"unique"`` (:class:`cliptk.samplers.UniqueIdPairSampler`,
             CLIP-ReIdent) or ``"pk"`` (:class:`cliptk.samplers.PKSampler`, ``2*batch_size/k``
             identities × ``k`` images).
-        loss: a :func:`cliptk.losses.make_loss` name: ``"infonce"``, ``"supcon"``,
-            ``"decoupled"``, ``"soft"`` (CWCL, teacher = guide features) or ``"gist"`` (guide
-            filtering).
+        loss: a name in :data:`cliptk.losses.LOSSES`: ``"infonce"``, ``"supcon"``,
+            ``"decoupled"``, ``"soft"`` (CWCL, teacher = guide features), ``"gist"`` (guide
+            filtering) or one added with :func:`cliptk.losses.register_loss`. A loss that
+            ``requires`` ``guide=`` or ``teacher=`` gets the guide features of the batch's two views.
         temperature: a fixed τ (logit scale ``1/τ``), or ``None`` for CLIP's learnable scale
             started at ``init_temperature``. Both must lie in ``[0.01, 1]`` (scale 1–100).
         init_temperature: start of the learnable temperature.
         batch_size: (anchor, positive) rows per batch; a batch holds ``2 * batch_size`` embeddings.
         k: images per identity for ``"pk"`` batching (even, >= 2).
-        label_smoothing: ε of InfoNCE (CLIP-ReIdent uses 0.1; 0 keeps losses comparable).
+        label_smoothing: ε of InfoNCE (CLIP-ReIdent uses 0.1; 0 keeps losses comparable);
+            passed to any loss whose constructor takes ``label_smoothing``.
         margin: GISTEmbed margin (absolute): a candidate is masked when its guide similarity
-            exceeds the positive's minus ``margin``.
+            exceeds the positive's minus ``margin``; passed to any loss that takes ``margin``.
         target_temperature: soft targets only. ``None``: CWCL weights ``(1 + cos)/2`` of the
             guide features (Srinivasa et al., 2023); a float ``τt >= 0.025``: sharpened targets
             ``softmax_j(cos_ij / τt)`` (Dialog2Flow-style).
@@ -116,8 +130,8 @@ class LabMethod:
         group: a label used to group rows (table column, plot colour).
 
     Raises:
-        ValueError: for an unknown batching / loss / head, an odd or too small ``k``, or a
-            temperature outside ``[0.01, 1]``.
+        ValueError: for an unknown batching / loss / head, a loss requiring inputs the lab
+            cannot make, an odd or too small ``k``, or a temperature outside ``[0.01, 1]``.
 
     Example:
         >>> LabMethod("P×K + SupCon", batching="pk", loss="supcon", k=4).batching
@@ -126,7 +140,7 @@ class LabMethod:
 
     name: str
     batching: Batching = "unique"
-    loss: LossName = "infonce"
+    loss: str = "infonce"
     temperature: float | None = None
     init_temperature: float = 0.07
     batch_size: int = 64
@@ -144,10 +158,12 @@ class LabMethod:
     def __post_init__(self) -> None:
         if self.batching not in ("random", "unique", "pk"):
             raise ValueError(f"{self.name}: batching must be 'random', 'unique' or 'pk', got {self.batching!r}")
-        if self.loss not in ("infonce", "supcon", "decoupled", "soft", "gist"):
-            raise ValueError(
-                f"{self.name}: loss must be one of infonce, supcon, decoupled, soft, gist; got {self.loss!r}"
-            )
+        if self.loss not in LOSSES:
+            raise ValueError(f"{self.name}: loss must be one of {', '.join(LOSSES)}; got {self.loss!r}")
+        missing = [r for r in LOSSES[self.loss].requires if r not in _LAB_INPUTS]
+        if missing:
+            raise ValueError(f"{self.name}: loss {self.loss!r} requires {missing}, which the lab cannot make; "
+                             f"it passes its guide features as {' or '.join(f'{r}=' for r in _LAB_INPUTS)}")
         if self.head not in ("linear", "mlp"):
             raise ValueError(f"{self.name}: head must be 'linear' or 'mlp', got {self.head!r}")
         if self.batch_size < 2:
@@ -209,7 +225,7 @@ class LabData:
     Raises:
         ValueError: when a split's row counts disagree (the message names the split).
 
-    Example:
+    Example (not run by the doctests: it needs a model and a dataset on disk):
         >>> feats = embed(model, ds, cache_dir="runs/cache")          # doctest: +SKIP
         >>> data = LabData.from_dataset(ds, feats)                    # doctest: +SKIP
     """
@@ -492,13 +508,6 @@ def _soft_targets(ta: Tensor, tb: Tensor, tau_t: float) -> Tensor:
     return torch.exp((c - c.max()) / tau_t)
 
 
-def _eval(head: nn.Module | None, data: LabData) -> ReIdResult:
-    with torch.no_grad():
-        q = data.query if head is None else head(data.query)
-        g = data.gallery if head is None else head(data.gallery)
-    return evaluate_reid(q, g, data.query_pids, data.gallery_pids, data.query_camids, data.gallery_camids)
-
-
 def evaluate_head(head: nn.Module | None, data: LabData) -> ReIdResult:
     """Re-id mAP / CMC of ``head(query)`` vs ``head(gallery)``; ``head=None`` scores the frozen features.
 
@@ -507,7 +516,10 @@ def evaluate_head(head: nn.Module | None, data: LabData) -> ReIdResult:
         >>> 0.0 < evaluate_head(None, data).mAP <= 1.0
         True
     """
-    return _eval(head, data)
+    with torch.no_grad():
+        q = data.query if head is None else head(data.query)
+        g = data.gallery if head is None else head(data.gallery)
+    return evaluate_reid(q, g, data.query_pids, data.gallery_pids, data.query_camids, data.gallery_camids)
 
 
 def train_head(train_feats: Tensor | np.ndarray, train_pids: Sequence | np.ndarray, method: LabMethod,
@@ -517,8 +529,9 @@ def train_head(train_feats: Tensor | np.ndarray, train_pids: Sequence | np.ndarr
 
     Each epoch runs the batches of :func:`batches`: the head maps ``feats[a]`` and ``feats[b]``,
     and the method's loss (:func:`cliptk.losses.make_loss`) is called as
-    ``loss(za, zb, logit_scale, ids=..., **extra)`` with ``teacher=`` / ``targets=`` (soft) or
-    ``guide=`` (GIST) taken from the frozen ``guide`` features (default: ``train_feats``).
+    ``loss(za, zb, logit_scale, ids=..., **extra)`` with the inputs the loss ``requires``
+    (``teacher=`` / ``targets=`` for soft, ``guide=`` for GIST) taken from the frozen ``guide``
+    features (default: ``train_feats``).
     AdamW, one step per batch; a learnable logit scale is clamped to [1, 100] after each step.
     Deterministic on CPU for a given ``seed`` (the caller's global RNG state is left unchanged).
 
@@ -559,15 +572,34 @@ def train_head(train_feats: Tensor | np.ndarray, train_pids: Sequence | np.ndarr
     if g.ndim != 2 or g.shape[0] != x.shape[0]:
         raise ValueError(f"guide must be [N={x.shape[0]}, D'], got {tuple(g.shape)}")
     with _one_thread():
-        return _fit(x, codes, g, method, epochs, seed, eval_data)
+        return _train_head_loop(x, codes, g, method, epochs, seed, eval_data)
 
 
-def _fit(x: Tensor, codes: np.ndarray, g: Tensor, method: LabMethod, epochs: int, seed: int,
-         eval_data: LabData | None) -> tuple[LabHead, pd.DataFrame]:
+def _lab_loss(method: LabMethod) -> ContrastiveLoss:
+    """The method's loss, given the :class:`LabMethod` options (``label_smoothing``, ``margin``)
+    that its constructor takes."""
+    params = inspect.signature(LOSSES[method.loss].__init__).parameters
+    return make_loss(method.loss, **{k: getattr(method, k) for k in _LOSS_OPTIONS if k in params})
+
+
+def _frozen_inputs(loss_fn: ContrastiveLoss, method: LabMethod, ga: Tensor, gb: Tensor) -> dict[str, Any]:
+    """The extra inputs ``loss_fn.requires``, made from the guide features of the batch's two views:
+    ``(ga, gb)`` for ``guide`` and ``teacher``; soft targets in place of the teacher when the method
+    sets ``target_temperature``."""
+    extra: dict[str, Any] = {}
+    for name in loss_fn.requires:
+        if name == "teacher" and method.target_temperature is not None and "targets" in loss_fn.extras:
+            extra["targets"] = _soft_targets(ga, gb, method.target_temperature)
+        else:
+            extra[name] = (ga, gb)
+    return extra
+
+
+def _train_head_loop(x: Tensor, codes: np.ndarray, g: Tensor, method: LabMethod, epochs: int, seed: int,
+                     eval_data: LabData | None) -> tuple[LabHead, pd.DataFrame]:
     """The training loop of :func:`train_head` (inputs already checked)."""
     ids_all = torch.as_tensor(codes)
-    kwargs = {"infonce": {"label_smoothing": method.label_smoothing}, "gist": {"margin": method.margin}}
-    loss_fn = make_loss(method.loss, **kwargs.get(method.loss, {}))
+    loss_fn = _lab_loss(method)
 
     with torch.random.fork_rng(devices=[]):
         torch.manual_seed(seed)
@@ -581,7 +613,7 @@ def _fit(x: Tensor, codes: np.ndarray, g: Tensor, method: LabMethod, epochs: int
     def record(epoch: int, stats: dict) -> None:
         row = {"epoch": epoch, **stats, "temperature": head.temperature}
         if eval_data is not None:
-            res = _eval(head, eval_data)
+            res = evaluate_head(head, eval_data)
             row.update({"mAP": res.mAP, "rank-1": res.cmc[1]})
         rows.append(row)
 
@@ -597,14 +629,7 @@ def _fit(x: Tensor, codes: np.ndarray, g: Tensor, method: LabMethod, epochs: int
         for ia, ib in plan:
             ia_t, ib_t = torch.as_tensor(ia), torch.as_tensor(ib)
             ids = ids_all[ia_t]
-            extra = {}
-            if method.loss == "gist":
-                extra["guide"] = (g[ia_t], g[ib_t])
-            elif method.loss == "soft":
-                if method.target_temperature is None:
-                    extra["teacher"] = (g[ia_t], g[ib_t])
-                else:
-                    extra["targets"] = _soft_targets(g[ia_t], g[ib_t], method.target_temperature)
+            extra = _frozen_inputs(loss_fn, method, g[ia_t], g[ib_t])
             za, zb = head(x[ia_t]), head(x[ib_t])
             loss = loss_fn(za, zb, head.logit_scale(), ids=ids, **extra)
             opt.zero_grad(set_to_none=True)
@@ -615,7 +640,7 @@ def _fit(x: Tensor, codes: np.ndarray, g: Tensor, method: LabMethod, epochs: int
             with torch.no_grad():
                 same = ids[:, None] == ids_all[ib_t][None, :]
                 off = ~torch.eye(len(ia), dtype=torch.bool)
-                neg = off & ~same if getattr(loss_fn, "needs_ids", False) else off.clone()
+                neg = off & ~same if loss_fn.needs_ids else off.clone()
                 if isinstance(loss_fn, GuidedInfoNCE):
                     mask = loss_fn.last_mask & off
                     neg &= ~mask
@@ -715,7 +740,7 @@ def run_lab(data: LabData | ReIdDataset | tuple[ReIdDataset, Tensor | np.ndarray
         raise ValueError(f"run_lab: duplicate method names {dup}; give each LabMethod its own name")
     methods = [m.replace(**overrides) if overrides else m for m in methods]
 
-    base = _eval(None, data)
+    base = evaluate_head(None, data)
     rows = [{"method": "no training (frozen)", "group": "baseline", "batching": "", "loss": "",
              "temperature": float("nan"), "mAP": base.mAP, "rank-1": base.cmc[1], "rank-5": base.cmc[5],
              "ΔmAP": 0.0, "false_neg": float("nan"), "mask_rate": float("nan"),
@@ -726,7 +751,7 @@ def run_lab(data: LabData | ReIdDataset | tuple[ReIdDataset, Tensor | np.ndarray
         head, hist = train_head(data.train, data.train_pids, m, epochs=epochs, seed=seed, guide=data.guide,
                                 eval_data=data)
         seconds = time.perf_counter() - t0
-        res = _eval(head, data)
+        res = evaluate_head(head, data)
         histories[m.name] = hist
         rows.append({"method": m.name, "group": m.group, "batching": m.batching, "loss": m.loss,
                      "temperature": head.temperature, "mAP": res.mAP, "rank-1": res.cmc[1],
@@ -757,7 +782,7 @@ def plot_lab(results: pd.DataFrame | Mapping[str, pd.DataFrame], metric: str = "
         >>> len(fig.data) >= 1
         True
     """
-    import plotly.graph_objects as go
+    import plotly.graph_objects as go  # here, not at the top: `import cliptk` must not load plotly
 
     if isinstance(results, pd.DataFrame):
         if metric not in results.columns:

@@ -12,8 +12,10 @@ Every loss here has one call signature::
 - ``ids``: ``[B]`` identity labels, used by the losses that know about several positives per row
   (:class:`SupCon`, :class:`DecoupledSoftmax`); the others ignore it.
 - ``extra``: loss-specific frozen inputs, named in each class's ``extras`` attribute
-  (``teacher=`` for :class:`SoftTargetInfoNCE`, ``guide=`` for :class:`GuidedInfoNCE`). An extra the
-  loss does not know raises ``TypeError``, so a misspelt config cannot be silently ignored.
+  (``teacher=`` or ``targets=`` for :class:`SoftTargetInfoNCE`, ``guide=`` for
+  :class:`GuidedInfoNCE`); ``requires`` names those a caller must compute for every batch. An
+  extra the loss does not know raises ``TypeError``, so a misspelt config cannot be silently
+  ignored.
 
 With ``gather=True`` each rank of a ``torch.distributed`` job computes the loss of its **local rows
 against the global columns** (all ranks' embeddings, gathered with gradients by
@@ -23,8 +25,12 @@ gradients too (``tests/test_distributed.py`` checks both). For InfoNCE this is o
 ``ClipLoss(local_loss=True, gather_with_grad=True)``: memory grows as B x (B * world) rather than
 (B * world)^2. All ranks must hold the same batch size.
 
-Use :func:`make_loss` to build a loss from its name (``"infonce"``, ``"supcon"``, ``"decoupled"``,
-``"soft"``, ``"gist"``), e.g. from a YAML config.
+Use :func:`make_loss` to build a loss from its name in the registry :data:`LOSSES` (``"infonce"``,
+``"supcon"``, ``"decoupled"``, ``"soft"``, ``"gist"``), e.g. from a YAML config.
+
+**Adding a loss**: subclass :class:`ContrastiveLoss`, implement its one method ``loss(v, scale,
+extra)`` on a :class:`Views` of the batch, and register the class with :func:`register_loss`;
+its docstring has a worked example. :class:`LogitScale` holds CLIP's learnable temperature.
 
 Example:
     >>> import torch
@@ -43,111 +49,40 @@ from dataclasses import dataclass
 from typing import Any, Literal
 
 import torch
-import torch.distributed as dist
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-__all__ = [
-    "InfoNCE",
-    "SupCon",
-    "DecoupledSoftmax",
-    "SoftTargetInfoNCE",
-    "GISTFilter",
-    "GuidedInfoNCE",
-    "LogitScale",
-    "gather_with_grad",
-    "make_loss",
-    "LOSSES",
-]
+from ._util import world
+from .gather import gather_no_grad, gather_with_grad
+
+__all__ = ["ContrastiveLoss", "Views", "register_loss", "LOSSES", "make_loss", "InfoNCE", "SupCon",
+           "DecoupledSoftmax", "SoftTargetInfoNCE", "GISTFilter", "GuidedInfoNCE", "LogitScale", "gather_with_grad"]
 
 
-# --------------------------------------------------------------------------- distributed helpers
-def _world() -> tuple[int, int]:
-    """(rank, world_size) of the default process group, or (0, 1) when not distributed."""
-    if dist.is_available() and dist.is_initialized():
-        return dist.get_rank(), dist.get_world_size()
-    return 0, 1
-
-
-class _GatherWithGrad(torch.autograd.Function):
-    """all_gather whose backward sums the incoming gradients over ranks and keeps the local slice."""
-
-    @staticmethod
-    def forward(ctx: Any, x: Tensor) -> Tensor:  # type: ignore[override]
-        world = dist.get_world_size()
-        parts = [torch.empty_like(x) for _ in range(world)]
-        dist.all_gather(parts, x.contiguous())
-        ctx.rank, ctx.n = dist.get_rank(), x.shape[0]
-        return torch.cat(parts, dim=0)
-
-    @staticmethod
-    def backward(ctx: Any, grad: Tensor) -> Tensor:  # type: ignore[override]
-        grad = grad.contiguous()
-        dist.all_reduce(grad, op=dist.ReduceOp.SUM)
-        return grad[ctx.rank * ctx.n : (ctx.rank + 1) * ctx.n]
-
-
-def gather_with_grad(x: Tensor) -> Tensor:
-    """Concatenate ``x`` ([n, ...]) from all ranks along dim 0, keeping the autograd graph.
-
-    The backward pass sums each rank's gradient w.r.t. the gathered tensor over ranks and hands
-    every rank the slice belonging to its own rows, so rank ``r`` receives
-    ``d(sum_k loss_k) / d x_r``; DDP's gradient averaging then turns the per-rank mean losses into the
-    gradient of the global mean loss. A no-op (returns ``x``) when ``torch.distributed`` is not
-    initialised or the world has one process. Works with the ``gloo`` and ``nccl`` backends.
-
-    Raises:
-        ValueError: if the ranks hold different numbers of rows (all_gather needs equal shapes;
-            use ``drop_last=True`` in the sampler).
+# --------------------------------------------------------------------------- the base class
+@dataclass
+class Views:
+    """One batch as a loss sees it, built by :meth:`ContrastiveLoss.forward`: L2-normalised local rows and
+    the global columns of all ranks (the local rows again without ``gather=True``). Scoring the local rows
+    against the global columns, each row's positive at :attr:`diag`, keeps a loss exact under ``gather``.
 
     Example:
-        >>> gather_with_grad(torch.ones(4, 8)).shape   # single process: unchanged
-        torch.Size([4, 8])
+        >>> e = torch.eye(3)
+        >>> Views(e, e, e, e, torch.arange(3), torch.arange(3), 0).diag
+        tensor([0, 1, 2])
     """
-    _, world = _world()
-    if world == 1:
-        return x
-    _check_equal_rows(x.shape[0], world)
-    return _GatherWithGrad.apply(x)
 
-
-def _gather_no_grad(x: Tensor) -> Tensor:
-    """all_gather without gradient (labels, frozen teacher/guide embeddings)."""
-    _, world = _world()
-    if world == 1:
-        return x
-    parts = [torch.empty_like(x) for _ in range(world)]
-    dist.all_gather(parts, x.contiguous())
-    return torch.cat(parts, dim=0)
-
-
-def _check_equal_rows(n: int, world: int) -> None:
-    sizes = [torch.zeros(1, dtype=torch.long) for _ in range(world)]
-    dist.all_gather(sizes, torch.tensor([n], dtype=torch.long))
-    got = [int(s) for s in sizes]
-    if len(set(got)) != 1:
-        raise ValueError(
-            f"gather=True needs the same batch size on every rank, got {got}; "
-            "use drop_last=True in the sampler / DataLoader."
-        )
-
-
-# --------------------------------------------------------------------------- shared plumbing
-@dataclass
-class _Views:
-    """Normalised local rows and (possibly gathered) global columns of one batch."""
-
-    a: Tensor  # [B, D] local rows
-    b: Tensor
-    ga: Tensor  # [N, D] global columns (== a, b when not gathering)
-    gb: Tensor
-    ids: Tensor  # [B] local labels
-    gids: Tensor  # [N] global labels
-    offset: int  # index of local row 0 among the global columns
+    a: Tensor  # [B, D] local rows of view a; row i of a and row i of b are a positive pair
+    b: Tensor  # [B, D] local rows of view b
+    ga: Tensor  # [N, D] global columns: all ranks' a, with gradients (ga is a without gather)
+    gb: Tensor  # [N, D] all ranks' b
+    ids: Tensor  # [B] identity labels of the local rows (every row its own when ids=None)
+    gids: Tensor  # [N] identity labels of the global columns
+    offset: int  # global column of local row 0 (rank * B)
 
     @property
     def diag(self) -> Tensor:
-        """Global column index of each local row's own positive, [B]."""
+        """Global column index of each local row's own positive, ``[B]``."""
         return torch.arange(self.a.shape[0], device=self.a.device) + self.offset
 
 
@@ -169,11 +104,40 @@ def _frozen_pair(value: Any, name: str, n: int, like: Tensor) -> tuple[Tensor, T
     return F.normalize(ea, dim=-1), F.normalize(eb, dim=-1)
 
 
-class _ContrastiveLoss(nn.Module):
-    """Base class: input checks, normalisation and the optional cross-rank gather."""
+class ContrastiveLoss(nn.Module):
+    """Base class of every loss here, and the way to add one: implement :meth:`loss`, register it.
+
+    :meth:`forward` is the fixed wrapper (do not override it): it rejects extra inputs not named in
+    ``extras``, checks shapes, L2-normalises ``a`` and ``b``, gathers all ranks' columns when ``gather=True``
+    and calls :meth:`loss` with a :class:`Views` and the logit scale as a 0-d tensor. So a new loss writes
+    only its formula. To add one:
+
+    1. subclass :class:`ContrastiveLoss` and implement ``loss(self, v, scale, extra)`` returning a scalar
+       (constructor options go in ``__init__``, which passes ``gather`` on to ``super().__init__``);
+    2. set the class attributes it needs: ``needs_ids = True`` if it uses ``v.ids`` / ``v.gids``; ``extras``,
+       the extra keyword inputs it accepts (handed to :meth:`loss` in ``extra``, not gathered);
+       ``requires``, those a caller must compute for every batch (``cliptk.fit`` makes none, so it refuses
+       such a loss; the lab passes its guide features as ``guide=`` / ``teacher=``);
+    3. register it with :func:`register_loss`: the name joins :data:`LOSSES`, so :func:`make_loss`,
+       ``TrainConfig(loss=...)`` and ``cliptk.lab.LabMethod(loss=...)`` accept it.
+
+    Example (InfoNCE in one direction only, ``a → b``):
+        >>> @register_loss("a2b")
+        ... class OneWayInfoNCE(ContrastiveLoss):
+        ...     def loss(self, v, scale, extra):
+        ...         logits = scale * v.a @ v.gb.T   # local rows against global columns
+        ...         return F.cross_entropy(logits, v.diag)
+        >>> loss_fn = make_loss("a2b")
+        >>> round(loss_fn(torch.eye(4), torch.eye(4), 10.0).item(), 6)
+        0.000136
+        >>> "a2b" in LOSSES, loss_fn.requires
+        (True, ())
+        >>> del LOSSES["a2b"]   # (LOSSES is a plain dict; the example tidies up after itself)
+    """
 
     needs_ids: bool = False
     extras: tuple[str, ...] = ()
+    requires: tuple[str, ...] = ()
 
     def __init__(self, gather: bool = False) -> None:
         super().__init__()
@@ -182,16 +146,16 @@ class _ContrastiveLoss(nn.Module):
     def forward(
         self, a: Tensor, b: Tensor, logit_scale: Tensor | float, ids: Tensor | None = None, **extra: Any
     ) -> Tensor:
+        """The loss of ``B`` pairs (arguments: see the module docstring). Raises ``TypeError`` for an extra
+        input not in ``extras``, ``ValueError`` for mismatched shapes or a non-scalar ``logit_scale``."""
         unknown = set(extra) - set(self.extras)
         if unknown:
-            raise TypeError(
-                f"{type(self).__name__} got unexpected extra input(s) {sorted(unknown)}; "
-                f"it accepts {list(self.extras) or 'none'}"
-            )
+            raise TypeError(f"{type(self).__name__} got unexpected extra input(s) {sorted(unknown)}; "
+                            f"it accepts {list(self.extras) or 'none'}")
         if a.ndim != 2 or a.shape != b.shape:
             raise ValueError(f"a and b must both be [B, D] with equal shapes, got {tuple(a.shape)} and {tuple(b.shape)}")
         n = a.shape[0]
-        rank, world = _world() if self.gather else (0, 1)
+        rank, n_ranks = world() if self.gather else (0, 1)
         if ids is None:
             ids = torch.arange(n, device=a.device) + rank * n  # every row its own identity
         else:
@@ -199,21 +163,64 @@ class _ContrastiveLoss(nn.Module):
             if ids.shape[0] != n:
                 raise ValueError(f"ids must have B={n} entries, got {ids.shape[0]}")
         a, b = F.normalize(a, dim=-1), F.normalize(b, dim=-1)
-        if world > 1:
-            v = _Views(a, b, gather_with_grad(a), gather_with_grad(b), ids, _gather_no_grad(ids), rank * n)
+        if n_ranks > 1:
+            v = Views(a, b, gather_with_grad(a), gather_with_grad(b), ids, gather_no_grad(ids), rank * n)
         else:
-            v = _Views(a, b, a, b, ids, ids, 0)
-        return self._loss(v, _as_scale(logit_scale, a), extra)
+            v = Views(a, b, a, b, ids, ids, 0)
+        return self.loss(v, _as_scale(logit_scale, a), extra)
 
-    def _loss(self, v: _Views, scale: Tensor, extra: dict[str, Any]) -> Tensor:
-        raise NotImplementedError
+    def loss(self, v: Views, scale: Tensor, extra: dict[str, Any]) -> Tensor:
+        """The one method a loss implements: a scalar from the batch's :class:`Views` ``v``, the logit
+        ``scale`` (0-d, the embeddings' dtype) and the ``extra`` inputs (keys within ``extras``)."""
+        raise NotImplementedError(f"{type(self).__name__} must implement loss(self, v, scale, extra)")
 
     def extra_repr(self) -> str:
         return f"gather={self.gather}"
 
 
+# --------------------------------------------------------------------------- registry
+LOSSES: dict[str, type[ContrastiveLoss]] = {}
+"""The one registry of loss names, ``name -> class``, filled by :func:`register_loss` (built in: infonce,
+supcon, decoupled, soft, gist). Every list of loss names in cliptk reads it."""
+
+
+def register_loss(name: str, cls: type[ContrastiveLoss] | None = None, *, replace: bool = False):
+    """Add a :class:`ContrastiveLoss` subclass to :data:`LOSSES` under ``name`` (lower-cased).
+
+    A class decorator (``@register_loss("mine")``) or a call (``register_loss("mine", Mine)``); returns the
+    class. Registering a class of the same module and name again (a re-run notebook cell) replaces it.
+    Example: see :class:`ContrastiveLoss`.
+
+    Raises:
+        TypeError: ``cls`` is not a :class:`ContrastiveLoss` subclass that implements ``loss``.
+        ValueError: an empty name, a name taken by another class (unless ``replace=True``), or
+            ``requires`` naming an input that is not in ``extras``.
+    """
+
+    def add(c: type[ContrastiveLoss]) -> type[ContrastiveLoss]:
+        key = str(name).lower().strip()
+        if not key:
+            raise ValueError("register_loss: the loss name must not be empty")
+        if not (isinstance(c, type) and issubclass(c, ContrastiveLoss)) or c.loss is ContrastiveLoss.loss:
+            raise TypeError(f"register_loss({name!r}): {c!r} must subclass cliptk.losses.ContrastiveLoss "
+                            "and implement loss(self, v, scale, extra)")
+        stray = [r for r in c.requires if r not in c.extras]
+        if stray:
+            raise ValueError(f"register_loss({name!r}): {c.__name__}.requires names {stray}, which are not in "
+                             f"its extras {list(c.extras)}; forward() would reject them")
+        old = LOSSES.get(key)
+        if old is not None and (old.__module__, old.__qualname__) != (c.__module__, c.__qualname__) and not replace:
+            raise ValueError(f"register_loss: {key!r} is already {old.__module__}.{old.__qualname__}; "
+                             "choose another name or pass replace=True")
+        LOSSES[key] = c
+        return c
+
+    return add if cls is None else add(cls)
+
+
 # --------------------------------------------------------------------------- losses
-class InfoNCE(_ContrastiveLoss):
+@register_loss("infonce")
+class InfoNCE(ContrastiveLoss):
     """Symmetric InfoNCE / CLIP loss ``½[CE(S, I) + CE(Sᵀ, I)]`` with ``S = scale · â b̂ᵀ``.
 
     The loss of CLIP (Radford et al., ICML 2021) as used for player re-identification by
@@ -236,7 +243,7 @@ class InfoNCE(_ContrastiveLoss):
             raise ValueError(f"label_smoothing must be in [0, 1), got {label_smoothing}")
         self.label_smoothing = label_smoothing
 
-    def _loss(self, v: _Views, scale: Tensor, extra: dict[str, Any]) -> Tensor:
+    def loss(self, v: Views, scale: Tensor, extra: dict[str, Any]) -> Tensor:
         la, lb = scale * v.a @ v.gb.T, scale * v.b @ v.ga.T
         eps = self.label_smoothing
         return 0.5 * (F.cross_entropy(la, v.diag, label_smoothing=eps) + F.cross_entropy(lb, v.diag, label_smoothing=eps))
@@ -245,7 +252,8 @@ class InfoNCE(_ContrastiveLoss):
         return f"label_smoothing={self.label_smoothing}, gather={self.gather}"
 
 
-class SupCon(_ContrastiveLoss):
+@register_loss("supcon")
+class SupCon(ContrastiveLoss):
     """Supervised contrastive loss with several positives per row (Khosla et al., NeurIPS 2020).
 
     ``L_i = -1/|P(i)| Σ_{p∈P(i)} log( exp(s_ip) / Σ_{k∈A(i)} exp(s_ik) )`` with ``s = scale·cos``
@@ -281,7 +289,7 @@ class SupCon(_ContrastiveLoss):
         logp = torch.log_softmax(logits, dim=1)
         return -torch.where(pos, logp, 0.0).sum(1) / pos.sum(1)
 
-    def _loss(self, v: _Views, scale: Tensor, extra: dict[str, Any]) -> Tensor:
+    def loss(self, v: Views, scale: Tensor, extra: dict[str, Any]) -> Tensor:
         pos = v.ids[:, None] == v.gids[None, :]
         if self.views == "cross":
             la, lb = scale * v.a @ v.gb.T, scale * v.b @ v.ga.T
@@ -299,7 +307,8 @@ class SupCon(_ContrastiveLoss):
         return f"views={self.views!r}, gather={self.gather}"
 
 
-class DecoupledSoftmax(_ContrastiveLoss):
+@register_loss("decoupled")
+class DecoupledSoftmax(ContrastiveLoss):
     """Decoupled softmax over multiple positives, from DEXML (Gupta et al., ICLR 2024).
 
     ``L_i = -1/|P(i)| Σ_{p∈P(i)} log( e^{s_ip} / (e^{s_ip} + Σ_{n∉P(i)} e^{s_in}) )``: each positive
@@ -322,13 +331,14 @@ class DecoupledSoftmax(_ContrastiveLoss):
         per_pair = F.softplus(neg_lse - logits)
         return torch.where(pos, per_pair, 0.0).sum(1) / pos.sum(1)
 
-    def _loss(self, v: _Views, scale: Tensor, extra: dict[str, Any]) -> Tensor:
+    def loss(self, v: Views, scale: Tensor, extra: dict[str, Any]) -> Tensor:
         pos = v.ids[:, None] == v.gids[None, :]
         la, lb = scale * v.a @ v.gb.T, scale * v.b @ v.ga.T
         return 0.5 * (self._rows(la, pos).mean() + self._rows(lb, pos).mean())
 
 
-class SoftTargetInfoNCE(_ContrastiveLoss):
+@register_loss("soft")
+class SoftTargetInfoNCE(ContrastiveLoss):
     """Soft-target InfoNCE of CWCL (Srinivasa et al., NeurIPS 2023), symmetric.
 
     ``L = ½[-1/B Σ_i Σ_j t_ij log softmax_j(s_ij) − 1/B Σ_i Σ_j t'_ij log softmax_j(s_ji)]`` where
@@ -351,15 +361,16 @@ class SoftTargetInfoNCE(_ContrastiveLoss):
     """
 
     extras = ("teacher", "targets")
+    requires = ("teacher",)  # (or targets= in its place): frozen inputs per batch a training loop must make
 
-    def _loss(self, v: _Views, scale: Tensor, extra: dict[str, Any]) -> Tensor:
+    def loss(self, v: Views, scale: Tensor, extra: dict[str, Any]) -> Tensor:
         n_local, n_global = v.a.shape[0], v.ga.shape[0]
         if ("teacher" in extra) == ("targets" in extra):
             raise TypeError("SoftTargetInfoNCE needs exactly one of teacher=(ta, tb) or targets=[N, N] matrix")
         if "teacher" in extra:
             ta, tb = _frozen_pair(extra["teacher"], "teacher", n_local, v.a)
             if self.gather:
-                gta, gtb = _gather_no_grad(ta), _gather_no_grad(tb)
+                gta, gtb = gather_no_grad(ta), gather_no_grad(tb)
             else:
                 gta, gtb = ta, tb
             wa, wb = (1 + ta @ gtb.T) / 2, (1 + tb @ gta.T) / 2
@@ -422,7 +433,8 @@ class GISTFilter:
         return f"GISTFilter(margin={self.margin}, strategy={self.strategy!r})"
 
 
-class GuidedInfoNCE(_ContrastiveLoss):
+@register_loss("gist")
+class GuidedInfoNCE(ContrastiveLoss):
     """InfoNCE with GISTEmbed's guided in-batch negative filtering (Solatorio, 2024).
 
     A frozen guide model (e.g. the zero-shot CLIP, cached) scores every pair; in-batch negatives
@@ -445,26 +457,22 @@ class GuidedInfoNCE(_ContrastiveLoss):
     """
 
     extras = ("guide",)
+    requires = ("guide",)
 
-    def __init__(
-        self,
-        margin: float = 0.0,
-        strategy: Literal["absolute", "relative"] = "absolute",
-        within: bool = False,
-        gather: bool = False,
-    ) -> None:
+    def __init__(self, margin: float = 0.0, strategy: Literal["absolute", "relative"] = "absolute",
+                 within: bool = False, gather: bool = False) -> None:
         super().__init__(gather)
         self.filter = GISTFilter(margin, strategy)
         self.within = within
         self.last_mask_rate: float = float("nan")
         self.last_mask: Tensor | None = None
 
-    def _loss(self, v: _Views, scale: Tensor, extra: dict[str, Any]) -> Tensor:
+    def loss(self, v: Views, scale: Tensor, extra: dict[str, Any]) -> Tensor:
         if "guide" not in extra:
             raise TypeError("GuidedInfoNCE needs guide=(ga, gb): frozen guide-model embeddings of a and b")
         n_local = v.a.shape[0]
         ga, gb = _frozen_pair(extra["guide"], "guide", n_local, v.a)
-        gga, ggb = (_gather_no_grad(ga), _gather_no_grad(gb)) if self.gather else (ga, gb)
+        gga, ggb = (gather_no_grad(ga), gather_no_grad(gb)) if self.gather else (ga, gb)
         rows = torch.arange(n_local, device=v.a.device)
         diag = v.diag
         g_pos = (ga * gb).sum(1)
@@ -546,21 +554,13 @@ class LogitScale(nn.Module):
         return f"scale={self().item():.4g}, learnable={self.learnable}, range=[{self.min_scale:g}, {self.max_scale:g}]"
 
 
-# --------------------------------------------------------------------------- registry
-LOSSES: dict[str, type[_ContrastiveLoss]] = {
-    "infonce": InfoNCE,
-    "supcon": SupCon,
-    "decoupled": DecoupledSoftmax,
-    "soft": SoftTargetInfoNCE,
-    "gist": GuidedInfoNCE,
-}
-
-
-def make_loss(name: str, **kwargs: Any) -> nn.Module:
-    """Build a loss by registry name: ``"infonce"``, ``"supcon"``, ``"decoupled"``, ``"soft"``, ``"gist"``.
+# --------------------------------------------------------------------------- by name
+def make_loss(name: str, **kwargs: Any) -> ContrastiveLoss:
+    """Build a loss by its :data:`LOSSES` name (case-insensitive), e.g. from a YAML config.
 
     Keyword arguments go to the class (e.g. ``label_smoothing``, ``gather``, ``margin``). The
-    returned module has ``needs_ids`` (pass ``ids=``) and ``extras`` (extra inputs it accepts).
+    returned module has ``needs_ids`` (pass ``ids=``), ``extras`` (extra inputs it accepts) and
+    ``requires`` (those it cannot do without).
 
     Raises:
         ValueError: for an unknown name (the message lists the known ones).
@@ -569,6 +569,8 @@ def make_loss(name: str, **kwargs: Any) -> nn.Module:
     Example:
         >>> make_loss("supcon", views="all")
         SupCon(views='all', gather=False)
+        >>> make_loss("gist").requires
+        ('guide',)
     """
     key = name.lower().strip()
     if key not in LOSSES:

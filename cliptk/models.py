@@ -29,6 +29,9 @@ import torch.nn.functional as F
 from safetensors.torch import load_file, save_file
 from torch import nn
 
+from ._util import atomic_path
+from .settings import data_dir
+
 __all__ = [
     "ClipModel",
     "load_model",
@@ -41,7 +44,6 @@ __all__ = [
     "DEFAULT_MODEL",
     "DEFAULT_PRETRAINED",
     "BUNDLED",
-    "data_dir",
 ]
 
 _CONFIG_DIR = Path(__file__).parent / "model_configs"
@@ -49,11 +51,6 @@ open_clip.add_model_config(_CONFIG_DIR)
 
 DEFAULT_MODEL = "cliptk-tiny"
 DEFAULT_PRETRAINED = "synthetic-players"
-
-
-def data_dir() -> Path:
-    """The project's ``data/`` folder (override with ``CLIPTK_DATA``)."""
-    return Path(os.environ.get("CLIPTK_DATA", Path(__file__).resolve().parents[1] / "data"))
 
 
 #: cliptk's own pretrained tags: (model name, tag) -> file under ``data/``.
@@ -364,10 +361,9 @@ def save_model(model: ClipModel, path: str | os.PathLike, metadata: dict | None 
     path.parent.mkdir(parents=True, exist_ok=True)
     meta = {"name": model.name, "image_only": str(model.image_only), "projection": str(model.projection),
             "resize": model.resize, **{k: json.dumps(v) for k, v in (metadata or {}).items()}}
-    tmp = path.with_name(path.name + ".tmp")
     state = {k: v.detach().contiguous().cpu() for k, v in model.state_dict().items()}
-    save_file(state, str(tmp), metadata=meta)
-    os.replace(tmp, path)
+    with atomic_path(path) as tmp:
+        save_file(state, str(tmp), metadata=meta)
     return path
 
 

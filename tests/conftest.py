@@ -1,14 +1,60 @@
-"""Shared fixtures: a headless Chromium for the browser tests (Debian's package, driven by Playwright)."""
+"""Shared fixtures: tiny random-init models, a tiny synthetic players world, a headless Chromium.
+
+Tests build models and data only through these (or say why not): ``micro_model`` (the 2-layer
+``cliptk-micro`` config, random init), ``tiny_model`` (the bundled ``cliptk-tiny`` config, random
+init, image tower only), ``rn_model`` (``cliptk-tiny-rn`` with calibrated batch-norm), and
+``tiny_players`` (8 training + 3 test identities, 3 crops each, 32x64 px, DeepSportRadar layout).
+"""
 from __future__ import annotations
 
 from pathlib import Path
 
 import pytest
+import torch
+
+import cliptk as ct
 
 CHROMIUM = Path("/usr/bin/chromium")
 # no sandbox (CI runs as root), no GPU, and nothing that reaches the network on its own
 CHROMIUM_ARGS = ["--no-sandbox", "--disable-gpu", "--disable-background-networking", "--disable-component-update",
                  "--disable-sync", "--no-first-run"]
+
+
+def make_model(name: str = "cliptk-micro", seed: int = 0, **kwargs) -> ct.ClipModel:
+    """A random-init model of a cliptk config, seeded (a fresh one for tests that train it)."""
+    torch.manual_seed(seed)
+    return ct.load_model(name, None, **kwargs)
+
+
+@pytest.fixture(scope="module")
+def micro_model() -> ct.ClipModel:
+    """``cliptk-micro``, random init, both towers (module-scoped: do not train it in place)."""
+    return make_model("cliptk-micro")
+
+
+@pytest.fixture(scope="module")
+def tiny_model() -> ct.ClipModel:
+    """``cliptk-tiny``, random init, image tower only."""
+    return make_model("cliptk-tiny", image_only=True)
+
+
+@pytest.fixture(scope="module")
+def rn_model() -> ct.ClipModel:
+    """``cliptk-tiny-rn``, random init, batch-norm statistics calibrated on noise."""
+    return ct.models.calibrate_batchnorm(make_model("cliptk-tiny-rn"))
+
+
+@pytest.fixture(scope="session")
+def tiny_players_root(tmp_path_factory) -> Path:
+    """A generated players tree: 8 training and 3 test identities, 3 crops each, 32x64 px."""
+    return ct.generate_players(tmp_path_factory.mktemp("players") / "players", n_train_ids=8, n_test_ids=3,
+                               images_per_id=3, size=(32, 64), workers=1, challenge=False)
+
+
+@pytest.fixture(scope="session")
+def tiny_players(tiny_players_root) -> ct.ReIdDataset:
+    """:func:`tiny_players_root` read as a dataset (splits train / query / gallery)."""
+    return ct.read_deepsportradar(tiny_players_root)
 
 
 @pytest.fixture(scope="module")

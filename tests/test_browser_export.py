@@ -11,11 +11,9 @@ import io
 from pathlib import Path
 
 import numpy as np
-import pandas as pd
 import pytest
 from PIL import Image
 
-from cliptk.data import ReIdDataset
 from cliptk.viz import export_html, html_fragment, plot_embeddings, project, thumbnail_uri, trace_rows
 
 pytestmark = pytest.mark.browser
@@ -37,19 +35,10 @@ THUMB_STATE = """() => {
 
 
 @pytest.fixture(scope="module")
-def players(tmp_path_factory):
-    """8 synthetic players x 4 crops, and embeddings with one planted cluster per player."""
-    from cliptk.synthetic import make_players, render_player
-
-    root = tmp_path_factory.mktemp("players")
+def players(tiny_players):
+    """conftest's tiny players world, and embeddings with one planted cluster per player."""
+    ds = tiny_players
     rng = np.random.default_rng(0)
-    rows = []
-    for p in make_players(8, seed=0):
-        for j in range(4):
-            path = f"{p.pid}_{j}.jpeg"
-            render_player(p, rng, camera=j % 3).save(root / path, quality=90)
-            rows.append(dict(path=path, pid=p.pid, camid=j % 3, split="gallery", team=p.colour, number=p.number))
-    ds = ReIdDataset(root, pd.DataFrame(rows), name="players")
     centres = rng.normal(size=(ds.pids.max() + 1, 24))
     emb = (centres[ds.pids] + 0.35 * rng.normal(size=(len(ds), 24))).astype(np.float32)
     return ds, emb

@@ -15,7 +15,7 @@ def _run(args, tmp_path, timeout=900):
     env = {**os.environ, "CLIPTK_SMOKE": "1", "CLIPTK_DATA": str(tmp_path / "data")}
     # CLIPTK_DATA moves the generated data; the bundled weights must still be found
     (tmp_path / "data").mkdir(exist_ok=True)
-    models = ct.models.data_dir() / "models"
+    models = ct.settings.data_dir() / "models"
     if models.is_dir() and not (tmp_path / "data" / "models").exists():
         (tmp_path / "data" / "models").symlink_to(models)
     return subprocess.run([sys.executable, "-m", "cliptk", *args], env=env, capture_output=True, text=True,
@@ -60,7 +60,6 @@ def test_help_lists_commands():
 
 
 def test_train_passes_resume_and_exits_130_when_interrupted(monkeypatch, tmp_path):
-    import cliptk.train
     from cliptk import cli
 
     calls = []
@@ -72,7 +71,7 @@ def test_train_passes_resume_and_exits_130_when_interrupted(monkeypatch, tmp_pat
         calls.append((config, overrides, resume))
         return None, FakeHistory()
 
-    monkeypatch.setattr(cliptk.train, "run_from_config", fake_run)
+    monkeypatch.setattr(cli, "run_from_config", fake_run)
     assert cli.main(["train", "--config", "c.yaml", "--set", "lr=1e-4", "--resume"]) == 130
     assert cli.main(["train", "--config", "c.yaml", "--resume", str(tmp_path)]) == 130
     FakeHistory.interrupted = False

@@ -9,7 +9,9 @@ scikit-learn's ROC curve.
 from __future__ import annotations
 
 import re
+import shutil
 from collections import Counter
+from pathlib import Path
 
 import numpy as np
 import pandas as pd
@@ -18,11 +20,11 @@ from PIL import Image
 from sklearn.metrics import roc_curve
 
 from cliptk.data import read_deepsportradar
-from cliptk.debug import (COLOURS, RankBrowser, ap_breakdown, confused_pairs, find_leaks, label_noise_suspects,
-                          plot_ranked, plot_similarity_hist, pos_neg_similarities, rank_gallery,
-                          similarity_threshold, table_html, worst_queries_html)
+from cliptk.diagnose import (COLOURS, ap_breakdown, confused_pairs, find_leaks, label_noise_suspects, plot_ranked,
+                             plot_similarity_hist, pos_neg_similarities, rank_gallery, similarity_threshold,
+                             table_html, worst_queries_html)
 from cliptk.metrics import evaluate_reid
-from cliptk.synthetic import make_players, render_player
+from cliptk.widgets import RankBrowser
 
 D = 32
 N_TEST, N_TRAIN, PER_TRAIN = 10, 12, 6
@@ -314,27 +316,19 @@ def test_table_html_thumbnails_and_escaping(world):
         table_html(t, {"nope": imgs})
 
 
-def test_end_to_end_with_images_on_disk(tmp_path):
+def test_end_to_end_with_images_on_disk(tiny_players_root, tmp_path):
     """A real dataset folder: a training image copied into the gallery is found from pixels."""
-    players = make_players(4, seed=1)
-    for sub in ("reid_training", "reid_test/query", "reid_test/gallery"):
-        (tmp_path / sub).mkdir(parents=True)
-    rng = np.random.default_rng(0)
-    for p in players[:2]:
-        for f in range(3):
-            render_player(p, rng, (32, 64), camera=f).save(tmp_path / f"reid_training/{p.pid}_0_{f:02d}.jpeg")
-    for p in players[2:]:
-        for f in range(3):
-            sub = "query" if f == 0 else "gallery"
-            render_player(p, rng, (32, 64), camera=f).save(tmp_path / f"reid_test/{sub}/{p.pid}_1_{f:02d}.jpeg")
-    (tmp_path / f"reid_test/gallery/{players[2].pid}_1_05.jpeg").write_bytes(
-        (tmp_path / f"reid_training/{players[0].pid}_0_01.jpeg").read_bytes())
-    ds = read_deepsportradar(tmp_path)
+    root = Path(shutil.copytree(tiny_players_root, tmp_path / "players"))  # a copy: the fixture is shared
+    copied = sorted((root / "reid_training").iterdir())[1]
+    pid, sequence, _ = sorted((root / "reid_test/query").iterdir())[0].name.split("_")  # a test player
+    leak = root / f"reid_test/gallery/{pid}_{sequence}_05.jpeg"
+    leak.write_bytes(copied.read_bytes())
+    ds = read_deepsportradar(root)
     pixels = lambda d: np.stack([np.asarray(d[i].resize((8, 16)), dtype=np.float64).ravel() for i in range(len(d))])
     train, q, g = ds.subset("train"), ds.subset("query"), ds.subset("gallery")
     leaks = find_leaks(pixels(train), pixels(g), 0.0, train_pids=train.pids, test_pids=g.pids)
-    assert train.table["path"][leaks.loc[0, "index_a"]].endswith(f"{players[0].pid}_0_01.jpeg")
-    assert g.table["path"][leaks.loc[0, "index_b"]].endswith(f"{players[2].pid}_1_05.jpeg")
+    assert train.table["path"][leaks.loc[0, "index_a"]].endswith(copied.name)
+    assert g.table["path"][leaks.loc[0, "index_b"]].endswith(leak.name)
     assert leaks.loc[0, "similarity"] == pytest.approx(1.0)
     assert table_html(leaks.head(1), {"index_a": train, "index_b": g}).count("<img ") == 2
     r = rank_gallery(pixels(q), pixels(g), q, g)

@@ -3,6 +3,8 @@ from __future__ import annotations
 
 import hashlib
 import io
+import subprocess
+import sys
 import tarfile
 import zipfile
 from pathlib import Path
@@ -11,9 +13,8 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from cliptk import download as dl
-from cliptk.data import read_deepsportradar
-from cliptk.download import DownloadError, download_deepsportradar, download_main
+from cliptk.data import DownloadError, download_deepsportradar, download_main, read_deepsportradar
+from cliptk.data import download as dl
 
 FILES = ["reid_training/1_0_00.jpeg", "reid_training/1_0_01.jpeg", "reid_training/2_0_00.jpeg",
          "reid_test/query/5_1_00.jpeg", "reid_test/gallery/5_1_01.jpeg", "reid_test/gallery/5_1_02.jpeg",
@@ -165,7 +166,8 @@ def test_download_main(tmp_path, archive, capsys, monkeypatch):
     seen = {}
     monkeypatch.setitem(dl.DOWNLOADERS, "deepsportradar",
                         (lambda root, url, md5: seen.update(url=url, md5=md5) or archive, "U", "M"))
-    monkeypatch.setattr("cliptk.data.read_dataset", lambda p: read_deepsportradar(tmp_path / "dsr"))
+    # download_main summarises with the reader its module imported; point that at the real tree
+    monkeypatch.setattr(dl, "read_dataset", lambda p: read_deepsportradar(tmp_path / "dsr"))
     download_main("deepsportradar", tmp_path / "y")
     assert seen == {"url": "U", "md5": "M"}  # defaults: official url and md5
     download_main("deepsportradar", tmp_path / "y", md5="none")
@@ -176,3 +178,43 @@ def test_official_constants_look_right():
     assert dl.DEEPSPORTRADAR_URL.startswith("https://github.com/DeepSportradar/player-reidentification-challenge/")
     assert dl.DEEPSPORTRADAR_URL.endswith("synergyreid_data.zip")
     assert len(dl.DEEPSPORTRADAR_MD5) == 32 and int(dl.DEEPSPORTRADAR_MD5, 16) >= 0
+
+
+def _dead_pid() -> int:
+    """The pid of a process that has exited (what a kill -9'd download leaves in its file names)."""
+    proc = subprocess.Popen([sys.executable, "-c", "pass"])
+    proc.wait()
+    return proc.pid
+
+
+def test_partials_of_a_killed_run_are_cleaned_by_the_next(tmp_path, archive):
+    # before: a download killed with -9 left hidden partial files that no later run removed
+    pid = _dead_pid()
+    (tmp_path / f".dsr.{pid}.download").write_bytes(b"half an archive")
+    (tmp_path / f".dsr.{pid}.unpack" / "data_reid").mkdir(parents=True)
+    (tmp_path / f".dsr.{pid}.unpack" / "data_reid" / "x.jpeg").write_bytes(b"x")
+    live = tmp_path / f".dsr.{1}.download"  # pid 1 runs: another download in progress is left alone
+    live.write_bytes(b"in progress")
+    with pytest.warns(UserWarning, match="interrupted earlier download"):
+        root = download_deepsportradar(tmp_path / "dsr", url=archive.as_uri(), md5=md5(archive), progress=False)
+    assert leftovers(tmp_path) == [live.name] and len(read_deepsportradar(root)) == len(FILES)
+    # killed between moving the old dataset aside and moving the new one in: the old one comes back
+    (tmp_path / "dsr").rename(tmp_path / f".dsr.{pid}.old")
+    with pytest.warns(UserWarning, match="restored"):
+        again = download_deepsportradar(tmp_path / "dsr", url=(tmp_path / "gone.zip").as_uri(), md5=None)
+    assert again == root and len(read_deepsportradar(root)) == len(FILES) and leftovers(tmp_path) == [live.name]
+
+
+@pytest.mark.parametrize("url", ["notaurl", "", "ftp://host/a.zip", "https://", "file://", "C:archive.zip"])
+def test_invalid_url_names_it_and_shows_a_valid_one(tmp_path, url):
+    # before: `--url notaurl` was a bare "ValueError: unknown url type"
+    with pytest.raises(DownloadError, match=f"{url!r}.*https://host/path/archive.zip.*file:///"):
+        download_deepsportradar(tmp_path / "dsr", url=url, md5=None, progress=False)
+    assert list(tmp_path.iterdir()) == []
+    with pytest.raises(DownloadError, match="notaurl"):
+        download_main("deepsportradar", tmp_path / "dsr", url="notaurl")
+
+
+def test_a_local_path_is_accepted_as_url(tmp_path, archive):
+    root = download_deepsportradar(tmp_path / "dsr", url=str(archive), md5=md5(archive), progress=False)
+    assert len(read_deepsportradar(root)) == len(FILES)

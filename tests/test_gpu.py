@@ -3,7 +3,7 @@ scaler, gradient checkpointing, the fast Score-CAM and embeddings on the GPU aga
 
 Every test needs a CUDA device and is skipped without one (the CI machines have none; run them on a
 GPU machine, e.g. through ``benchmarks/gpu_check.py``). Models are cliptk's tiny configs with random
-weights; data are a few synthetic players written to a temporary folder. References are
+weights (conftest's ``make_model``); data are conftest's ``tiny_players``. References are
 independent of the code under test: the CPU result of the same function, the same gradients
 computed without checkpointing, the autocast dtype seen inside the model, the weights before training.
 """
@@ -16,13 +16,11 @@ import numpy as np
 import pytest
 import torch
 
-from cliptk.data import ReIdDataset, read_deepsportradar
 from cliptk.embed import embed
 from cliptk.explain import similarity_cam
 from cliptk.losses import make_loss
-from cliptk.models import load_model
-from cliptk.synthetic import generate_players
 from cliptk.train import TrainConfig, find_checkpoint, fit
+from conftest import make_model
 
 pytestmark = [
     pytest.mark.gpu,
@@ -31,28 +29,15 @@ pytestmark = [
 ]
 
 
-@pytest.fixture(scope="module")
-def players(tmp_path_factory) -> ReIdDataset:
-    """8 training and 3 test identities, 3 images each, 32x64 px."""
-    root = generate_players(tmp_path_factory.mktemp("gpu") / "players", n_train_ids=8, n_test_ids=3,
-                            images_per_id=3, size=(32, 64), workers=1, challenge=False)
-    return read_deepsportradar(root)
-
-
-def _model(name: str, seed: int = 0, **kw):
-    torch.manual_seed(seed)
-    return load_model(name, None, **kw)
-
-
 # ---------------------------------------------------------------------------------------- AMP training
 @pytest.mark.parametrize("amp, dtype", [("bf16", torch.bfloat16), ("fp16", torch.float16)])
-def test_fit_amp_trains_in_reduced_precision(players, tmp_path, amp, dtype):
+def test_fit_amp_trains_in_reduced_precision(tiny_players, tmp_path, amp, dtype):
     """A few fit steps under autocast: the MLP really runs in the AMP dtype, losses are finite, the
     weights move and stay finite; the fp16 run holds an active grad scaler with a finite scale, the
     bf16 run none (its state dict is empty)."""
     if amp == "bf16" and not torch.cuda.is_bf16_supported():
         pytest.skip("this GPU has no bf16 support")
-    model = _model("cliptk-micro", image_only=True, projection=False)
+    model = make_model("cliptk-micro", image_only=True, projection=False)
     before = {k: v.detach().clone() for k, v in model.visual.named_parameters()}
     seen: list[torch.dtype] = []
     hook = model.visual.transformer.resblocks[0].mlp.c_fc.register_forward_hook(
@@ -60,7 +45,7 @@ def test_fit_amp_trains_in_reduced_precision(players, tmp_path, amp, dtype):
     cfg = TrainConfig(batch_size=4, epochs=1, max_steps=4, lr=1e-3, lr_end=1e-4, warmup_epochs=0.0, amp=amp,
                       device="cuda", eval_before=False, progress=False, output_dir=str(tmp_path / "run"))
     try:
-        history = fit(model, players, cfg)
+        history = fit(model, tiny_players, cfg)
     finally:
         hook.remove()
     steps = history.steps
@@ -99,7 +84,7 @@ def test_grad_checkpointing_gives_the_same_gradients(amp):
     recomputation may stop early, before a post-forward hook would run)."""
     if amp and not torch.cuda.is_bf16_supported():
         pytest.skip("this GPU has no bf16 support")
-    model = _model("cliptk-tiny", image_only=True, projection=False, device="cuda").train()
+    model = make_model("cliptk-tiny", image_only=True, projection=False, device="cuda").train()
     g = torch.Generator(device="cuda").manual_seed(1)
     x = torch.randn(8, 3, *model.image_size, device="cuda", generator=g)
     calls = []
@@ -123,12 +108,12 @@ def test_grad_checkpointing_gives_the_same_gradients(amp):
 
 # ---------------------------------------------------------------------------------------- Score-CAM
 @pytest.mark.parametrize("amp", [False, None], ids=["fp32", "default-bf16"])
-def test_fast_scorecam_on_cuda_matches_cpu(players, amp):
+def test_fast_scorecam_on_cuda_matches_cpu(tiny_players, amp):
     """The exact fast Score-CAM (all channels scored) gives the same map on CUDA as on the CPU,
     in fp32 and with its default bf16 autocast on CUDA."""
-    cpu = _model("cliptk-tiny")
+    cpu = make_model("cliptk-tiny")
     gpu = copy.deepcopy(cpu).to("cuda")
-    train = players.subset("train")
+    train = tiny_players.subset("train")
     a, b = train[0], train[1]
     ref = similarity_cam(cpu, a, b, fast=True, symmetric=True)
     out = similarity_cam(gpu, a, b, fast=True, symmetric=True, amp=amp)
@@ -144,15 +129,15 @@ def test_fast_scorecam_on_cuda_matches_cpu(players, amp):
 
 # ---------------------------------------------------------------------------------------- embeddings
 @pytest.mark.parametrize("amp", [False, True], ids=["fp32", "bf16"])
-def test_embed_on_cuda_matches_cpu(players, amp):
+def test_embed_on_cuda_matches_cpu(tiny_players, amp):
     """``cliptk.embed`` on CUDA (fp32, or its default bf16 autocast) gives the CPU embeddings:
     cosine > 0.999 for every image, rows L2-normalised, returned on the CPU as float32."""
-    cpu = _model("cliptk-tiny")
+    cpu = make_model("cliptk-tiny")
     gpu = copy.deepcopy(cpu).to("cuda")
-    ref = embed(cpu, players, batch_size=8, progress=False)
-    out = embed(gpu, players, batch_size=8, amp=amp, progress=False)
+    ref = embed(cpu, tiny_players, batch_size=8, progress=False)
+    out = embed(gpu, tiny_players, batch_size=8, amp=amp, progress=False)
     assert out.device.type == "cpu" and out.dtype == torch.float32 and out.shape == ref.shape
-    assert torch.allclose(out.norm(dim=1), torch.ones(len(players)), atol=1e-4)
+    assert torch.allclose(out.norm(dim=1), torch.ones(len(tiny_players)), atol=1e-4)
     cos = (out * ref).sum(1)
     assert cos.min() > 0.999, f"lowest cosine {float(cos.min()):.5f} at row {int(cos.argmin())}"
     # the images differ, so agreement is not trivial: embeddings of distinct rows are not all equal

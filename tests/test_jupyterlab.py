@@ -323,7 +323,7 @@ def test_notebook_03_explorer_in_jupyterlab(browser, lab):
         assert len(after["cards"]) == k and all(c["img"] for c in after["cards"])
         assert after["ringName"] == "neighbours" and after["ringPoints"] == k + 1
         # green border exactly when the card's pid is the clicked image's pid; the status line agrees
-        green, red = "rgb(26, 152, 80)", "rgb(215, 48, 39)"  # cliptk.widgets' _SAME, _OTHER
+        green, red = "rgb(26, 152, 80)", "rgb(215, 48, 39)"  # cliptk.widgets.explorer's _SAME, _OTHER
         same = 0
         for c in after["cards"]:
             pid = int(re.search(r"\(pid (-?\d+)\)", c["label"]).group(1))

@@ -10,6 +10,7 @@ import torch
 
 from cliptk import lab
 from cliptk.data import ReIdDataset
+from cliptk.losses import LOSSES, ContrastiveLoss, InfoNCE, register_loss
 from cliptk.metrics import evaluate_reid
 
 SMALL = dict(n_train_ids=40, n_test_ids=20, per_id=6, dim=32, seed=0)
@@ -186,6 +187,7 @@ def test_gist_mask_grows_with_margin(data):
 # ------------------------------------------------------------------------------------------ soft targets
 def test_sharpened_soft_targets_normalise_to_a_softmax_both_ways():
     ta, tb = torch.randn(6, 5), torch.randn(6, 5)
+    # private on purpose: the sharpened targets are built inside train_head and no public result holds them
     t = lab._soft_targets(ta, tb, 0.1)
     cos = torch.nn.functional.normalize(ta, dim=1) @ torch.nn.functional.normalize(tb, dim=1).T
     torch.testing.assert_close(t / t.sum(1, keepdim=True), torch.softmax(cos / 0.1, dim=1))
@@ -296,3 +298,49 @@ def test_duplicate_method_names_rejected(data):
     m = lab.DEFAULT_METHODS[0]
     with pytest.raises(ValueError, match="duplicate"):
         lab.run_lab(data, [m, m], epochs=1)
+
+
+# ------------------------------------------------------------------------------------------ a new loss
+@pytest.fixture
+def registry():
+    """LOSSES as it was before the test (a test that registers a loss must not leak it)."""
+    before = dict(LOSSES)
+    yield LOSSES
+    LOSSES.clear()
+    LOSSES.update(before)
+
+
+def test_a_registered_loss_is_a_lab_method_and_gets_the_guide(registry):
+    seen = []
+
+    @register_loss("guided-copy")  # InfoNCE that also records the guide it was handed
+    class GuidedCopy(InfoNCE):
+        extras = requires = ("guide",)
+
+        def loss(self, v, scale, extra):
+            seen.append(extra["guide"])
+            return super().loss(v, scale, {})
+
+    @register_loss("needs-depth")
+    class NeedsDepth(ContrastiveLoss):
+        extras = requires = ("depth",)
+
+        def loss(self, v, scale, extra):
+            return scale * 0
+
+    assert "guided-copy" in LOSSES
+    m = lab.LabMethod("copy", batching="unique", loss="guided-copy", batch_size=8, label_smoothing=0.1)
+    d = lab.planted_data(n_train_ids=20, n_test_ids=5, per_id=4, dim=16)
+    guide = torch.randn(len(d.train), 3)
+    _, hist = lab.train_head(d.train, d.train_pids, m, epochs=1, guide=guide)
+    plan = lab.batches(d.train_pids, m, seed=0, epoch=1)
+    assert len(seen) == len(plan) == hist["steps"].iloc[1]
+    for (ga, gb), (ia, ib) in zip(seen, plan):  # the guide rows of the batch's two views, in order
+        assert torch.equal(ga, guide[ia]) and torch.equal(gb, guide[ib])
+    # same batches, same steps and (label_smoothing reaches it like InfoNCE) the same losses as InfoNCE
+    _, ref = lab.train_head(d.train, d.train_pids, m.replace(loss="infonce"), epochs=1)
+    np.testing.assert_allclose(hist["loss"].iloc[1:], ref["loss"].iloc[1:], rtol=1e-6)
+    with pytest.raises(ValueError, match="cannot make"):  # the lab checks what a loss requires
+        lab.LabMethod("depth", loss="needs-depth")
+    with pytest.raises(ValueError, match="guided-copy, needs-depth"):  # the list of choices is the registry
+        lab.LabMethod("bad", loss="triplet")

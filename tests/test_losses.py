@@ -11,6 +11,7 @@ import torch.nn.functional as F
 
 from cliptk.losses import (
     LOSSES,
+    ContrastiveLoss,
     DecoupledSoftmax,
     GISTFilter,
     GuidedInfoNCE,
@@ -18,7 +19,9 @@ from cliptk.losses import (
     LogitScale,
     SoftTargetInfoNCE,
     SupCon,
+    Views,
     make_loss,
+    register_loss,
 )
 
 B, D = 6, 5
@@ -326,3 +329,67 @@ def test_input_errors_are_explicit():
         InfoNCE()(a, b, torch.ones(2))
     with pytest.raises(ValueError, match="label_smoothing"):
         InfoNCE(label_smoothing=1.0)
+
+
+# --------------------------------------------------------------------------- adding a loss
+@pytest.fixture
+def registry():
+    """LOSSES as it was before the test (a test that registers a loss must not leak it)."""
+    before = dict(LOSSES)
+    yield LOSSES
+    LOSSES.clear()
+    LOSSES.update(before)
+
+
+def test_requires_names_the_inputs_a_training_loop_must_make():
+    assert {name: cls.requires for name, cls in LOSSES.items()} == {
+        "infonce": (), "supcon": (), "decoupled": (), "soft": ("teacher",), "gist": ("guide",)}
+    assert ContrastiveLoss.requires == () and all(set(c.requires) <= set(c.extras) for c in LOSSES.values())
+    assert all(issubclass(c, ContrastiveLoss) for c in LOSSES.values())
+
+
+def test_a_registered_loss_is_built_by_make_loss_and_exact_as_a_formula(registry):
+    @register_loss("One-Way ")  # names are stored lower-cased and stripped, as make_loss looks them up
+    class OneWay(ContrastiveLoss):
+        def loss(self, v: Views, scale, extra):
+            return F.cross_entropy(scale * v.a @ v.gb.T, v.diag)
+
+    assert LOSSES["one-way"] is OneWay
+    assert "one-way" in str(pytest.raises(ValueError, make_loss, "triplet").value)  # listed among the choices
+    a, b = _pair(16)
+    s = _sims(a, b, 7.0)
+    a.requires_grad_(True)
+    got = make_loss("One-Way", gather=False)(a, b, 7.0)
+    expected = float(np.mean(np.log(np.exp(s).sum(1)) - np.diag(s)))  # a→b cross-entropy, by hand
+    assert got.item() == pytest.approx(expected, rel=1e-10)
+    got.backward()
+    assert torch.isfinite(a.grad).all()
+    with pytest.raises(TypeError, match="unexpected extra"):  # forward's checks come with the base class
+        OneWay()(a, b, 7.0, guide=(a, b))
+    # a re-run notebook cell defines the class again: re-registering it replaces the old one
+    replaced = register_loss("one-way", type("OneWay", (OneWay,), {"__qualname__": OneWay.__qualname__}))
+    assert LOSSES["one-way"] is replaced
+
+
+def test_register_loss_rejects_what_make_loss_could_not_use(registry):
+    class NoFormula(ContrastiveLoss):
+        pass
+
+    class Needs(ContrastiveLoss):
+        requires = ("guide",)  # but not in extras: forward would reject guide=
+
+        def loss(self, v, scale, extra):
+            return scale * 0
+
+    with pytest.raises(TypeError, match="implement loss"):
+        register_loss("none", NoFormula)
+    with pytest.raises(TypeError, match="ContrastiveLoss"):
+        register_loss("module", torch.nn.MSELoss)
+    with pytest.raises(ValueError, match="not in"):
+        register_loss("needs", Needs)
+    with pytest.raises(ValueError, match="already"):
+        register_loss("infonce", type("Other", (InfoNCE,), {}))
+    register_loss("infonce", type("Other", (InfoNCE,), {}), replace=True)
+    assert LOSSES["infonce"].__name__ == "Other"
+    with pytest.raises(NotImplementedError, match="implement loss"):
+        NoFormula()(*_pair(17), 1.0)

@@ -5,22 +5,17 @@ import os
 import subprocess
 import sys
 
+import numpy as np
 import pytest
 import torch
 from PIL import Image
 
 import cliptk as ct
-from cliptk.models import _ImageOnly
-
-
-@pytest.fixture(scope="module")
-def micro():
-    torch.manual_seed(0)
-    return ct.load_model("cliptk-micro", None)
+from conftest import make_model
 
 
 def test_tiny_configs_registered_and_run():
-    assert {"cliptk-tiny", "cliptk-tiny-rn", "cliptk-micro"} <= set(ct.list_models())
+    assert {"cliptk-tiny", "cliptk-tiny-rn", "cliptk-micro"} <= set(ct.models.list_models())
     for name, tower in (("cliptk-micro", "vit"), ("cliptk-tiny-rn", "resnet")):
         m = ct.load_model(name, None)
         x = torch.randn(2, 3, *m.image_size)
@@ -31,13 +26,13 @@ def test_tiny_configs_registered_and_run():
         assert t.shape == (1, m.embed_dim)
 
 
-def test_letterbox_keeps_aspect_ratio(micro):
+def test_letterbox_keeps_aspect_ratio(micro_model):
     # a wide white image letterboxed into a tall 32x16 frame: padded rows (black) above and below
     img = Image.new("RGB", (64, 16), (255, 255, 255))
-    x = micro.preprocess(img)
+    x = micro_model.preprocess(img)
     assert x.shape == (3, 32, 16)
-    mean = torch.tensor(micro.mean)[:, None, None]
-    std = torch.tensor(micro.std)[:, None, None]
+    mean = torch.tensor(micro_model.mean)[:, None, None]
+    std = torch.tensor(micro_model.std)[:, None, None]
     raw = x * std + mean
     assert raw[:, 0].max() < 0.05 and raw[:, -1].max() < 0.05  # padding rows
     assert raw[:, 16].min() > 0.9  # the image band in the middle
@@ -45,9 +40,9 @@ def test_letterbox_keeps_aspect_ratio(micro):
     assert squash.min() > 0.9  # no padding when squashing
 
 
-def test_image_only_and_projection_removed(micro):
+def test_image_only_and_projection_removed(micro_model):
     m = ct.load_model("cliptk-micro", None, image_only=True, projection=False)
-    assert isinstance(m.clip, _ImageOnly) and m.tokenizer is None
+    assert m.image_only and m.tokenizer is None and not hasattr(m.clip, "transformer")  # no text tower kept
     assert m.embed_dim == m.visual.transformer.width  # the ViT's width, no projection
     with pytest.raises(RuntimeError, match="image_only"):
         m.encode_text(["x"])
@@ -55,19 +50,19 @@ def test_image_only_and_projection_removed(micro):
         ct.load_model("cliptk-tiny-rn", None, projection=False)
 
 
-def test_save_and_load_roundtrip(tmp_path, micro):
-    path = ct.save_model(micro, tmp_path / "m.safetensors")
+def test_save_and_load_roundtrip(tmp_path, micro_model):
+    path = ct.save_model(micro_model, tmp_path / "m.safetensors")
     again = ct.load_model("cliptk-micro", path)
-    x = torch.randn(3, 3, *micro.image_size)
-    assert torch.equal(micro.encode_image(x), again.encode_image(x))
+    x = torch.randn(3, 3, *micro_model.image_size)
+    assert torch.equal(micro_model.encode_image(x), again.encode_image(x))
     # an image-only model loads from a full checkpoint (text keys ignored)
     img_only = ct.load_model("cliptk-micro", path, image_only=True)
-    assert torch.equal(micro.encode_image(x), img_only.encode_image(x))
+    assert torch.equal(micro_model.encode_image(x), img_only.encode_image(x))
     assert not list(tmp_path.glob("*.tmp"))
 
 
-def test_load_rejects_wrong_architecture(tmp_path, micro):
-    path = ct.save_model(micro, tmp_path / "m.safetensors")
+def test_load_rejects_wrong_architecture(tmp_path, micro_model):
+    path = ct.save_model(micro_model, tmp_path / "m.safetensors")
     with pytest.raises(RuntimeError, match="m.safetensors"):
         ct.load_model("cliptk-tiny", path)
 
@@ -100,16 +95,16 @@ def test_offline_open_clip_weights_error_says_what_to_do(tmp_path):
     assert "pretrained='/path/to/" in out and "open_clip.create_model" in out
 
 
-def test_freeze(micro):
+def test_freeze(micro_model):
     m = ct.load_model("cliptk-micro", None)
-    ct.freeze(m, text=True, image=False)
+    ct.models.freeze(m, text=True, image=False)
     assert all(p.requires_grad for p in m.visual.parameters())
     assert not m.clip.token_embedding.weight.requires_grad and m.logit_scale.requires_grad
-    ct.freeze(m, text=True, image=True, unlocked_image_groups=0, logit_scale=True)
+    ct.models.freeze(m, text=True, image=True, unlocked_image_groups=0, logit_scale=True)
     assert not any(p.requires_grad for p in m.parameters())
 
 
-def test_grad_checkpointing_same_output_and_grads(micro):
+def test_grad_checkpointing_same_output_and_grads(micro_model):
     m = ct.load_model("cliptk-micro", None, image_only=True)
     x = torch.randn(4, 3, *m.image_size)
     m.train()
@@ -122,7 +117,7 @@ def test_grad_checkpointing_same_output_and_grads(micro):
         assert torch.allclose(a, p.grad, atol=1e-6)
 
 
-def test_fingerprint_changes_with_weights(micro):
+def test_fingerprint_changes_with_weights(micro_model):
     m = ct.load_model("cliptk-micro", None)
     before = m.fingerprint()
     assert before == m.fingerprint()
@@ -140,7 +135,7 @@ def test_reinit_top_blocks_vit_changes_only_the_top():
     model = ct.load_model("cliptk-tiny", "synthetic-players")       # trained weights: re-init must show
     before = _params(model.visual)
     torch.manual_seed(1)
-    ct.reinit_top_blocks(model, 2)
+    ct.models.reinit_top_blocks(model, 2)
     after = _params(model.visual)
     n_blocks = len(model.visual.transformer.resblocks)
     for k in before:
@@ -166,13 +161,36 @@ def test_reinit_top_blocks_resnet_and_errors():
         for p in model.visual.parameters():
             p.add_(1.0)   # make every weight distinguishable from any init
     before = _params(model.visual)
-    ct.reinit_top_blocks(model, 1)
+    ct.models.reinit_top_blocks(model, 1)
     after = _params(model.visual)
     assert all(torch.equal(before[k], after[k]) for k in before if k.startswith(("layer1.", "layer2.", "layer3.")))
     assert not torch.equal(before["layer4.0.conv1.weight"], after["layer4.0.conv1.weight"])
     assert not after["layer4.0.bn3.weight"].any()          # open_clip's zero-init of each bottleneck's last BN
     assert not torch.equal(before["attnpool.c_proj.weight"], after["attnpool.c_proj.weight"])
     with pytest.raises(ValueError, match="n=5 must be in 1..4"):
-        ct.reinit_top_blocks(model, 5)
+        ct.models.reinit_top_blocks(model, 5)
     with pytest.raises(ValueError, match="n=0"):
-        ct.reinit_top_blocks(model, 0)
+        ct.models.reinit_top_blocks(model, 0)
+
+
+def test_calibrate_batchnorm():
+    """Running statistics become those of the calibration images, zero-initialised BN weights become
+    ones, momentum is restored, and the random ResNet's embeddings stop being nearly constant."""
+    model = make_model("cliptk-tiny-rn", image_only=True)   # a fresh one: calibrated in place below
+    images = [Image.fromarray(np.random.default_rng(i).integers(0, 255, (44, 20, 3), dtype=np.uint8)) for i in range(6)]
+    xs = torch.stack([model.preprocess(i) for i in images])
+    with torch.no_grad():
+        before = model(xs)
+        noise = torch.randn(16, 3, *model.image_size, generator=torch.Generator().manual_seed(0))
+        conv1 = model.visual.conv1(noise)
+    assert ct.models.calibrate_batchnorm(model) is model and not model.training
+    bn1 = model.visual.bn1
+    assert torch.allclose(bn1.running_mean, conv1.mean((0, 2, 3)), atol=1e-5)
+    assert torch.allclose(bn1.running_var, conv1.var((0, 2, 3), unbiased=True), rtol=1e-4)
+    assert bn1.momentum == 0.1 and all(b.bn3.weight.eq(1).all() for b in model.visual.layer4)
+    with torch.no_grad():
+        after = model(xs)
+    spread = lambda e: float((e - e.mean(0)).norm(dim=1).mean())   # noqa: E731
+    assert spread(after) > 5 * spread(before)
+    with pytest.raises(ValueError, match="no BatchNorm"):
+        ct.models.calibrate_batchnorm(make_model("cliptk-micro", image_only=True))

@@ -8,8 +8,7 @@ import pytest
 import torch
 from PIL import Image
 
-from cliptk.data import read_deepsportradar
-from cliptk.submission import read_submission, submission_ids, write_submission
+from cliptk.data import read_deepsportradar, read_submission, submission_ids, write_submission
 
 
 def test_round_trip_sorts_queries_and_keeps_gallery_order(tmp_path):

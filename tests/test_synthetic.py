@@ -1,11 +1,10 @@
-"""Tests for cliptk.synthetic: the seeded synthetic basketball-player world."""
+"""Tests for cliptk.synthetic: the seeded synthetic basketball-player world (world, render, write)."""
 
 from __future__ import annotations
 
 import csv
 import hashlib
 import itertools
-import os
 import re
 from collections import Counter, defaultdict
 from pathlib import Path
@@ -15,6 +14,7 @@ import pytest
 from PIL import Image, ImageDraw, ImageFont
 
 from cliptk import synthetic as syn
+from cliptk.synthetic import write as syn_write
 
 SMALL = dict(n_train_ids=12, n_test_ids=10, images_per_id=4, seed=0)
 NAME = re.compile(r"^(\d+)_(\d+)_(\d{2})\.jpeg$")
@@ -53,6 +53,33 @@ def test_same_seed_same_bytes_other_seed_differs(root, tmp_path):
     h0, h1 = _hashes(root), _hashes(other)
     shared = set(h0) & set(h1)
     assert sum(h0[k] == h1[k] for k in shared) == 0  # no image (nor manifest) is the same
+
+
+# Pinned pixels: the synthetic world is a format. Every stored dataset, cached embedding and number in
+# benchmarks/RESULTS.md depends on these exact images, so a refactor must not change a single RNG draw.
+# If a change to what is drawn is intended, bump GENERATOR_VERSION and re-pin. (The renderer JPEG-encodes
+# inside _degrade and generate_players writes JPEGs, so a Pillow with another libjpeg may also change them:
+# check the pixels by eye, then re-pin.)
+PINNED_RENDERS = {  # sha256 of the RGB pixels of render_player(make_players(3, seed=0)[i], default_rng(i))
+    0: "8e67cde6c3a1c691a0aa2b1dd623795f0ac1f1517f3b3f2efb1db7e4dca629c8",
+    1: "296dce64418fba2f94a2e1a29480e0622fd6b07ed1a0e8feae2b2354c4dfc63c",
+    2: "b4d8b62024f334aee93e7986d07eb1d60693cf403d0a7323cd02f4f1e292ada8",
+}
+PINNED_FILES = {  # sha256 of files of generate_players(n_train_ids=4, n_test_ids=2, images_per_id=2, 32x64)
+    "reid_training/0_2_00.jpeg": "699766dad5a65faee0e0c6b08355faa70ce00c4c0b2b6b0a2a6d09bec9b13d13",
+    "reid_test/query/5_3_00.jpeg": "308c3c95619474c3a791fae9133a8e36165f44656d9e94e49947335a84b51199",
+    "manifest.csv": "341574251ad37f27686344971d5ddedb0532ad944a72f741a651c0487adaf17d",
+}
+
+
+def test_pixels_are_pinned(tmp_path):
+    for i, p in enumerate(syn.make_players(3, seed=0)):
+        im = syn.render_player(p, np.random.default_rng(i))
+        assert hashlib.sha256(np.asarray(im).tobytes()).hexdigest() == PINNED_RENDERS[i], f"render {i} changed"
+    root = syn.generate_players(tmp_path / "players", n_train_ids=4, n_test_ids=2, images_per_id=2, size=(32, 64),
+                                workers=1, challenge=False)
+    got = _hashes(root)
+    assert {k: got.get(k) for k in PINNED_FILES} == PINNED_FILES
 
 
 def test_render_is_a_function_of_the_rng_state():
@@ -171,15 +198,16 @@ def test_idempotent_and_refuses_to_clobber(root, tmp_path):
 
 
 def test_an_interrupted_run_leaves_nothing(tmp_path, monkeypatch):
-    real, calls = syn._render_job, []
+    # the crash is planted in the renderer as cliptk.synthetic.write sees it (workers=1 renders in this process)
+    real, calls = syn_write.render_player, []
 
-    def crash_on_third(job):
-        calls.append(job)
+    def crash_on_third(*args, **kwargs):
+        calls.append(args)
         if len(calls) > 2:
             raise RuntimeError("simulated crash")
-        return real(job)
+        return real(*args, **kwargs)
 
-    monkeypatch.setattr(syn, "_render_job", crash_on_third)
+    monkeypatch.setattr(syn_write, "render_player", crash_on_third)
     with pytest.raises(RuntimeError, match="simulated crash"):
         syn.generate_players(tmp_path / "players", workers=1, **SMALL)
     assert list(tmp_path.iterdir()) == []

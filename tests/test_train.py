@@ -1,5 +1,11 @@
-"""Tests for cliptk.train: exact resume, NaN guard, interrupts, atomic checkpoints, the schedule,
-accumulation, YAML configs and learning, on the random-init ``cliptk-micro`` model and tiny images."""
+"""Tests for cliptk.train and cliptk.recipes: exact resume, NaN guard, interrupts, atomic
+checkpoints, the schedule, accumulation, YAML configs, learning, the Trainer's override point and
+config-driven runs, on the random-init ``cliptk-micro`` model (conftest's ``make_model``) and tiny images.
+
+The ``data`` dataset is built here rather than taken from conftest's ``tiny_players``: two-colour
+kits that a 2-layer random model separates within seconds (``test_loss_decreases_on_easy_task``),
+identities numbered 0..7 (``test_group_by``) and step counts the tests below spell out.
+"""
 from __future__ import annotations
 
 import math
@@ -13,9 +19,13 @@ from PIL import Image
 from safetensors.torch import load_file
 
 import cliptk.train as T
+import cliptk.train.checkpoint
+from cliptk import recipes, settings
 from cliptk.data import ReIdDataset
-from cliptk.models import load_model
-from cliptk.train import History, NonFiniteLossError, TrainConfig, find_checkpoint, fit
+from cliptk.losses import make_loss
+from cliptk.samplers import GroupedPairSampler, UniqueIdPairSampler
+from cliptk.train import COLUMNS, History, NonFiniteLossError, TrainConfig, Trainer, find_checkpoint, fit
+from conftest import make_model
 
 CONFIGS = Path(__file__).resolve().parents[1] / "configs"
 COMPARED = ["kind", "epoch", "step", "loss", "lr", "logit_scale", "mAP", "rank1"]
@@ -45,8 +55,7 @@ def data(tmp_path_factory) -> ReIdDataset:
 
 
 def _model(seed: int = 0):
-    torch.manual_seed(seed)
-    return load_model("cliptk-micro", None, image_only=True)
+    return make_model("cliptk-micro", seed, image_only=True)
 
 
 def _cfg(**kw) -> TrainConfig:
@@ -186,7 +195,7 @@ class _NaNAt(torch.nn.Module):
     def __init__(self, at: int):
         super().__init__()
         self.at, self.calls = at, 0
-        self.inner = T.make_loss("infonce", label_smoothing=0.1)
+        self.inner = make_loss("infonce", label_smoothing=0.1)
 
     def forward(self, a, b, logit_scale, ids=None):
         self.calls += 1
@@ -214,7 +223,8 @@ def test_nan_loss_stops_with_clear_error_and_keeps_checkpoint(data, tmp_path):
 # --------------------------------------------------------------------------- atomic checkpoints
 def test_crash_mid_save_leaves_previous_checkpoint(data, tmp_path, monkeypatch):
     cfg = _cfg(output_dir=str(tmp_path), save_every_steps=2)
-    real = T._write_state
+    # write_state is checkpoint's documented hook for this: it writes trainer.pt inside save_checkpoint
+    real = cliptk.train.checkpoint.write_state
     calls = {"n": 0}
 
     def crashing_write(state, path):
@@ -226,7 +236,7 @@ def test_crash_mid_save_leaves_previous_checkpoint(data, tmp_path, monkeypatch):
             raise OSError("simulated crash: disk full")
         real(state, path)
 
-    monkeypatch.setattr(T, "_write_state", crashing_write)
+    monkeypatch.setattr(cliptk.train.checkpoint, "write_state", crashing_write)
     with pytest.raises(OSError, match="simulated crash"):
         fit(_model(), data, cfg)
     folder = tmp_path / "checkpoints"
@@ -241,7 +251,7 @@ def test_crash_mid_save_leaves_previous_checkpoint(data, tmp_path, monkeypatch):
     assert ckpt == folder / "step-00000002"
     state = torch.load(ckpt / "trainer.pt", weights_only=True)
     assert state["step"] == 2
-    monkeypatch.setattr(T, "_write_state", real)
+    monkeypatch.setattr(cliptk.train.checkpoint, "write_state", real)
     h = fit(_model(), data, cfg.replace(max_steps=3, save_every_steps=None), resume=tmp_path)
     assert list(h.steps["step"]) == [1, 2, 3]
 
@@ -256,14 +266,11 @@ def test_accumulation_warns_and_averages_micro_batches(data):
     with pytest.warns(UserWarning, match="accumulate=2"):
         fit(model, data, _cfg(accumulate=2, max_steps=1, flip_p=0.0, warmup_epochs=0, weight_decay=0.0,
                               label_smoothing=0.0))
-    from cliptk.samplers import UniqueIdPairSampler
-    from cliptk.train import _PairImages
-
     train = data.subset("train")
     batches = list(UniqueIdPairSampler(train.pids, 4, seed=0))[:2]
-    view = _PairImages(train, ref.preprocess)
+    view = T.PairImages(train, ref.preprocess)
     opt = torch.optim.AdamW([p for p in ref.parameters() if p.requires_grad], lr=2e-3, weight_decay=0.0)
-    loss = T.make_loss("infonce", label_smoothing=0.0)
+    loss = make_loss("infonce", label_smoothing=0.0)
     ref.train()
     for idx in batches:
         x = torch.stack([view[i][0] for i in idx])
@@ -285,21 +292,21 @@ def test_temperature_fixed_or_clamped(data):
 
 def test_joint_flip_flips_both_images_of_a_pair():
     x = torch.arange(6 * 2 * 3, dtype=torch.float32).reshape(6, 1, 2, 3)  # 3 pairs
-    out = T._joint_flip(x, seed=0, epoch=0, batch=0, rank=0, world=1, p=0.5)
+    out = T.joint_flip(x, seed=0, epoch=0, batch=0, rank=0, world=1, p=0.5)
     flipped = [torch.equal(out[i], x[i].flip(-1)) for i in range(6)]
     kept = [torch.equal(out[i], x[i]) for i in range(6)]
     assert all(f != k for f, k in zip(flipped, kept))
     assert flipped[:3] == flipped[3:]  # query i and positive i together
     # the shards of a 2-rank run see the flips of the single-process global batch
     big = torch.arange(8 * 3, dtype=torch.float32).reshape(8, 1, 1, 3)  # global batch: 4 pairs
-    ref = T._joint_flip(big, 3, 1, 2, 0, 1, 0.5)
+    ref = T.joint_flip(big, 3, 1, 2, 0, 1, 0.5)
     for r in range(2):
         local = torch.cat([big[2 * r:2 * r + 2], big[4 + 2 * r:4 + 2 * r + 2]])
-        got = T._joint_flip(local, 3, 1, 2, r, 2, 0.5)
+        got = T.joint_flip(local, 3, 1, 2, r, 2, 0.5)
         assert torch.equal(got, torch.cat([ref[2 * r:2 * r + 2], ref[4 + 2 * r:4 + 2 * r + 2]]))
-    coins = np.mean([torch.equal(T._joint_flip(x, 0, 0, b, 0, 1, 0.5)[0], x[0].flip(-1)) for b in range(400)])
+    coins = np.mean([torch.equal(T.joint_flip(x, 0, 0, b, 0, 1, 0.5)[0], x[0].flip(-1)) for b in range(400)])
     assert 0.4 < coins < 0.6
-    assert torch.equal(T._joint_flip(x, 0, 0, 0, 0, 1, 0.0), x)
+    assert torch.equal(T.joint_flip(x, 0, 0, 0, 0, 1, 0.0), x)
 
 
 def test_loss_decreases_on_easy_task(data):
@@ -334,9 +341,9 @@ def test_run_and_evaluate_from_config(data, tmp_path):
     csv = data.to_csv(tmp_path / "manifest.csv")
     cfg = {"model": "cliptk-micro", "pretrained": None, "data": str(csv), "batch_size": 4, "epochs": 1,
            "lr": 1e-3, "lr_end": 1e-4, "progress": False, "output_dir": str(tmp_path / "run"), "device": "cpu"}
-    model, h = T.run_from_config(cfg, {"max_steps": "3"})
+    model, h = recipes.run_from_config(cfg, {"max_steps": "3"})
     assert h.stopped == "max_steps" and len(h.evals) == 2
-    result = T.evaluate_from_config(cfg, checkpoint=tmp_path / "run")  # reloads model.safetensors
+    result = recipes.evaluate_from_config(cfg, checkpoint=tmp_path / "run")  # reloads model.safetensors
     assert result.mAP == pytest.approx(h.final["mAP"], abs=1e-6)
     assert result.cmc[1] == pytest.approx(h.final["rank1"], abs=1e-6)
 
@@ -347,7 +354,7 @@ def test_run_from_config_on_synthetic_players(tmp_path, monkeypatch):
     cfg = TrainConfig.from_yaml(CONFIGS / "cpu_tiny.yaml").replace(
         model="cliptk-micro", pretrained=None, max_steps=2, progress=False, output_dir=None, batch_size=4, reinit_blocks=1,
         synthetic={"n_train_ids": 6, "n_test_ids": 3, "images_per_id": 3, "workers": 1, "challenge": False})
-    model, h = T.run_from_config(cfg)
+    model, h = recipes.run_from_config(cfg)
     assert len(list((tmp_path / "generated").glob("players-*/reid_training"))) == 1
     assert h.stopped == "max_steps" and len(h.evals) == 2 and 0 <= h.final["mAP"] <= 1
 
@@ -389,23 +396,22 @@ def test_custom_batch_sampler_is_used(data):
     assert sampler.epochs == [0, 1, 2] and len(h.steps) == 3 * 2
 
 
-def test_group_by_builds_batches_of_whole_groups(data, monkeypatch):
+def test_group_by_builds_batches_of_whole_groups(data):
     train = data.subset("train")
     table = train.table.copy()
     table["team"] = np.where(table["pid"] % 2 == 0, "even", "odd")
     teams = ReIdDataset(train.root, table, name="teams")
-    seen = []
-    real = T.GroupedPairSampler
+    seen, samplers = [], set()
 
-    class Spy(real):
-        def __iter__(self):
-            for batch in super().__iter__():
-                seen.append(batch)
-                yield batch
+    class Recording(Trainer):   # the batches fit really trains on, through the public override point
+        def compute_loss(self, batch):
+            samplers.add(type(self.sampler))
+            seen.append(batch.extras["index"].tolist())
+            return super().compute_loss(batch)
 
-    monkeypatch.setattr(T, "GroupedPairSampler", Spy)
-    fit(_model(), teams, _cfg(epochs=1, flip_p=0.0, group_by="team"))
+    fit(_model(), teams, _cfg(epochs=1, flip_p=0.0, group_by="team"), trainer=Recording)
     assert seen, "fit did not use the grouped sampler"
+    assert samplers == {GroupedPairSampler}
     # 8 identities in two groups of 4, batches of 4: every batch is exactly one group
     for batch in seen:
         assert len({table["team"][i] for i in batch}) == 1
@@ -428,3 +434,64 @@ def test_reinit_blocks_reinitialises_the_top_block_reproducibly(data, tmp_path):
     again = _model()
     fit(again, data, cfg.replace(output_dir=None))
     torch.testing.assert_close(_weights(again)[top], after[top])
+
+
+def test_run_from_config_follows_the_one_smoke_rule(data, tmp_path, monkeypatch):
+    monkeypatch.setenv("CLIPTK_SMOKE", "1")
+    csv = data.to_csv(tmp_path / "manifest.csv")
+    cfg = {"model": "cliptk-micro", "pretrained": None, "data": str(csv), "batch_size": 2, "epochs": 3,
+           "lr": 1e-3, "lr_end": 1e-4, "progress": False, "device": "cpu", "eval_before": False}
+    _, h = recipes.run_from_config(cfg)   # 12 batches an epoch: the smoke rule stops it first
+    assert h.stopped == "max_steps" and len(h.steps) == settings.SMOKE_STEPS
+    assert h.steps["epoch"].max() <= 1
+    _, h = recipes.run_from_config(cfg, {"max_steps": "2"})   # what the command line sets is kept
+    assert len(h.steps) == 2
+
+
+# --------------------------------------------------------------------------- the Trainer's override point
+def test_trainer_subclass_compute_loss_is_used_and_its_logs_are_history_columns(data):
+    calls = []
+
+    class Logged(Trainer):
+        def compute_loss(self, batch):
+            images, ids, extras = batch
+            calls.append(extras["index"].tolist())
+            emb = self.encode(images)
+            loss = self.pair_loss(emb, ids)
+            # + 0 * ...: the same loss value and gradients as the default, plus two logged scalars
+            return loss + 0.0 * emb.sum(), {"call": float(len(calls)), "pairs": torch.tensor(float(len(ids)))}
+
+    cfg = _cfg(accumulate=2, max_steps=2, warmup_epochs=0)
+    with pytest.warns(UserWarning, match="accumulate=2"):
+        ref_model = _model()
+        ref = Trainer(ref_model, data, cfg).fit()   # the other route: a Trainer's own fit()
+    with pytest.warns(UserWarning, match="accumulate=2"):
+        model = _model()
+        h = fit(model, data, cfg, trainer=Logged)
+    assert len(calls) == 4 and all(len(c) == 8 for c in calls)   # 2 steps x 2 micro-batches of 4 pairs
+    assert list(h.table.columns) == [*COLUMNS, "call", "pairs"]
+    steps = h.steps
+    assert list(steps["call"]) == [1.5, 3.5]          # averaged over each step's two micro-batches
+    assert list(steps["pairs"]) == [4.0, 4.0]
+    np.testing.assert_array_equal(steps["loss"], ref.steps["loss"])
+    _assert_same_weights(_weights(model), _weights(ref_model))
+
+    class Clashing(Trainer):
+        def compute_loss(self, batch):
+            loss, _ = super().compute_loss(batch)
+            return loss, {"lr": 1.0}
+
+    with pytest.raises(ValueError, match=r"logged \['lr'\], which are History columns"):
+        fit(_model(), data, _cfg(max_steps=1), trainer=Clashing)
+
+
+def test_trainer_step_returns_the_logs(data):
+    trainer = Trainer(_model(), data, _cfg(max_steps=1, flip_p=0.0))
+    trainer.model.train()
+    batch = next(trainer.batches())
+    images, ids, extras = batch
+    assert images.shape[0] == 2 * len(ids) == len(extras["index"]) == 8
+    logs = trainer.step(batch)
+    assert set(logs) == {"loss"} and math.isfinite(logs["loss"])
+    assert trainer.step_count == 1 and trainer.history.steps["loss"].tolist() == [logs["loss"]]
+    assert trainer.history.stopped == "max_steps"

@@ -4,6 +4,8 @@ Each rank takes half of every global batch of distinct identities (the sampler's
 loss gathers both ranks' embeddings with gradients, and DDP averages the gradients; the weights
 and losses after a few AdamW steps must match one process training on the whole global batch.
 Only rank 0 may write checkpoints. Small and bounded: cliptk-micro, 2 steps, a 240 s timeout.
+The dataset is built here, not taken from conftest: two images per identity make both runs draw the
+same pairs whatever the random stream.
 """
 from __future__ import annotations
 
@@ -24,6 +26,7 @@ from safetensors.torch import load_file
 from cliptk.data import read_csv
 from cliptk.models import load_model, save_model
 from cliptk.train import TrainConfig, fit
+from conftest import make_model
 
 PER_RANK = 3  # pairs per rank; the single-process reference uses 2 * PER_RANK
 
@@ -32,17 +35,19 @@ WORKER = textwrap.dedent("""
     import torch
     from safetensors.torch import save_file
     import cliptk.train as T
+    import cliptk.train.checkpoint as C
     from cliptk.data import read_csv
     from cliptk.models import load_model
 
     tmp = sys.argv[1]
     rank = int(os.environ["RANK"])
     calls = []
-    real_save = T._save_checkpoint
+    # count the checkpoints each rank writes: the Trainer writes through C.save_checkpoint
+    real_save = C.save_checkpoint
     def recording_save(*args, **kwargs):
         calls.append(rank)
         return real_save(*args, **kwargs)
-    T._save_checkpoint = recording_save
+    C.save_checkpoint = recording_save
 
     torch.set_num_threads(1)
     data = read_csv(os.path.join(tmp, "manifest.csv"))
@@ -78,8 +83,7 @@ def _dataset(root: Path, n_ids: int = 16, seed: int = 0) -> Path:
 @pytest.mark.skipif(not torch.distributed.is_available(), reason="torch.distributed not available")
 def test_two_gloo_ranks_equal_one_process(tmp_path):
     manifest = _dataset(tmp_path)
-    torch.manual_seed(0)
-    init = load_model("cliptk-micro", None, image_only=True)
+    init = make_model("cliptk-micro", image_only=True)
     save_model(init, tmp_path / "init.safetensors")
     cfg = TrainConfig(batch_size=2 * PER_RANK, epochs=2, lr=1e-3, lr_end=1e-4, warmup_epochs=0, max_steps=2,
                       progress=False, device="cpu", output_dir=str(tmp_path / "run"), seed=3)
@@ -113,7 +117,7 @@ def test_two_gloo_ranks_equal_one_process(tmp_path):
             got_k = got[k]
         torch.testing.assert_close(got_k, v, rtol=1e-4, atol=2e-6, msg=f"weight {k} differs")
     assert any(not torch.allclose(init_w[k], v) for k, v in ref.state_dict().items())  # it trained
-    ddp_model = load_model("cliptk-micro", None, image_only=True)
+    ddp_model = make_model("cliptk-micro", image_only=True)
     ddp_model.load_state_dict(got)
     x = torch.randn(8, 3, *ref.image_size)
     with torch.no_grad():  # and the two models compute the same function

@@ -1,4 +1,9 @@
-"""Tests of cliptk.viz on synthetic data: random embeddings with planted clusters and tiny PIL images."""
+"""Tests of cliptk.viz on synthetic data: random embeddings with planted clusters and tiny PIL images.
+
+The ``toy`` dataset is built here rather than taken from conftest's ``tiny_players``: the tests
+need embeddings whose planted clusters match the rows' metadata (team, camera, a float ``loss``
+column) and a fixed row count (30) that the error-message assertions name.
+"""
 from __future__ import annotations
 
 import base64
@@ -16,8 +21,11 @@ from sklearn.neighbors import NearestNeighbors
 
 from cliptk import metrics
 from cliptk.data import ReIdDataset
-from cliptk.viz import (ProjectionConfig, _same_id_pairs, aligned_projection, embedding_report, export_html,
-                        html_fragment, plot_before_after, plot_embeddings, project, thumbnail_uri, trace_rows, warm_up)
+from cliptk.viz import (ProjectionConfig, aligned_projection, embedding_report, export_html, html_fragment,
+                        plot_before_after, plot_embeddings, project, thumbnail_uri, trace_rows, warm_up)
+# private: the pair sampler behind embedding_report's alignment row; its invariants (distinct images,
+# same identity, pid -1 left out, the cap) are only visible through an average in the public table
+from cliptk.viz.quality import _same_id_pairs
 
 N_IDS, PER_ID, DIM = 6, 5, 32
 URI = r"data:image(?:/|\\u002f)(?:webp|jpeg);base64,"  # plotly's JSON writes '/' as \u002f inside <script>

@@ -1,4 +1,9 @@
-"""Tests of cliptk.widgets.Explorer: its handlers are driven directly, as plotly would call them."""
+"""Tests of cliptk.widgets.Explorer: its handlers are driven directly, as plotly would call them.
+
+The ``toy`` dataset is built here rather than taken from conftest's ``tiny_players``: the tests
+need planted-cluster embeddings with a little overlap between identities (so both neighbour
+colours appear) and a fixed row count (30) that the bounds assertions name.
+"""
 from __future__ import annotations
 
 import io

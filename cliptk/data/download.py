@@ -2,7 +2,8 @@
 
 :func:`download_deepsportradar` downloads the public challenge archive, checks its MD5, unpacks
 it and leaves ``root/reid_training``, ``root/reid_test/{query,gallery}`` and
-``root/reid_challenge/{query,gallery}``: the layout :func:`cliptk.read_deepsportradar` reads.
+``root/reid_challenge/{query,gallery}``: the layout :func:`~cliptk.data.read_deepsportradar` reads.
+It sits above the readers (it prints what it fetched with :func:`~cliptk.data.read_dataset`).
 
 Where the data comes from: the challenge repository
 ``DeepSportradar/player-reidentification-challenge`` ships the archive in git as
@@ -19,9 +20,12 @@ Safety: the archive goes to a temporary file next to ``root`` and is renamed onl
 it is unpacked into a temporary folder that is renamed to ``root`` only when the layout is
 there; a wrong checksum, a truncated or corrupt archive, or an archive without the layout raises
 and leaves neither the archive nor a half-written dataset behind. Running it again on a finished
-``root`` returns at once (idempotent).
+``root`` returns at once (idempotent). A run killed outright (``kill -9``, power loss) cannot clean
+up after itself: its hidden partial files (``.<root>.<pid>.download`` / ``.unpack`` / ``.old``
+beside ``root``) are removed by the next call, and a previous dataset caught mid-replacement is
+put back, once the process that wrote them is gone.
 
-Example:
+Example (skipped under doctest: it downloads the archive, which needs the internet):
     >>> root = download_deepsportradar("data/deepsportradar")       # doctest: +SKIP
     >>> ds = read_deepsportradar(root)                                # doctest: +SKIP
 """
@@ -30,15 +34,20 @@ from __future__ import annotations
 import hashlib
 import json
 import os
+import re
 import shutil
 import tarfile
+import urllib.parse
 import urllib.request
+import warnings
 import zipfile
 import zlib
 from pathlib import Path
 from typing import Callable
 
 from tqdm.auto import tqdm
+
+from .readers import read_dataset
 
 __all__ = [
     "download_deepsportradar",
@@ -62,6 +71,64 @@ _CHUNK = 1 << 20
 
 class DownloadError(RuntimeError):
     """A download failed, was incomplete, had the wrong checksum or an unusable archive."""
+
+
+_URL_HELP = ("a valid one looks like https://host/path/archive.zip, http://... or file:///absolute/path/archive.zip "
+             "(or give the path of an archive on this machine)")
+
+
+def _check_url(url: str) -> str:
+    """``url`` if it is an http(s) or file URL; the file URL of an existing local path; else an error."""
+    text = os.fspath(url) if isinstance(url, os.PathLike) else url
+    if not isinstance(text, str) or not text.strip():
+        raise DownloadError(f"download: {url!r} is not a URL; {_URL_HELP}")
+    parts = urllib.parse.urlsplit(text)
+    if parts.scheme in ("http", "https") and parts.netloc:
+        return text
+    if parts.scheme == "file" and parts.path:
+        return text
+    if len(parts.scheme) <= 1 and Path(text).expanduser().is_file():  # a plain path (or a Windows drive letter)
+        return Path(text).expanduser().resolve().as_uri()
+    raise DownloadError(f"download: {text!r} is not a URL cliptk can fetch"
+                        + (f" (scheme {parts.scheme!r})" if parts.scheme else "") + f"; {_URL_HELP}")
+
+
+def _alive(pid: int) -> bool:
+    if pid == os.getpid():
+        return False  # our own pid in an old name: a dead process whose pid was reused by us
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except OSError:  # PermissionError: someone else's live process
+        return True
+    return True
+
+
+def _clean_stale(root: Path) -> list[str]:
+    """Remove the partial files of earlier downloads into ``root`` whose process is gone (killed
+    with no chance to clean up); put back a previous dataset caught mid-replacement. Returns what
+    was done, one line per file."""
+    if not root.parent.is_dir():
+        return []
+    pattern = re.compile(rf"^\.{re.escape(root.name)}\.(\d+)\.(download|unpack|old)$")
+    done = []
+    for p in sorted(root.parent.iterdir()):
+        m = pattern.match(p.name)
+        if m is None or _alive(int(m.group(1))):
+            continue
+        if m.group(2) == "old" and not root.exists() and _has_layout(p):
+            os.replace(p, root)
+            done.append(f"restored {root} from {p.name}")
+        elif p.is_dir() and not p.is_symlink():
+            shutil.rmtree(p, ignore_errors=True)
+            done.append(f"removed {p}")
+        else:
+            p.unlink(missing_ok=True)
+            done.append(f"removed {p}")
+    if done:
+        warnings.warn(f"download: cleaned up after an interrupted earlier download: {'; '.join(done)}", stacklevel=3)
+    return done
 
 
 def _has_layout(folder: Path) -> bool:
@@ -131,7 +198,8 @@ def download_deepsportradar(root: str | os.PathLike = "data/deepsportradar", url
     Args:
         root: destination; afterwards it holds ``reid_training/``, ``reid_test/`` and (in the
             official archive) ``reid_challenge/``, ready for :func:`cliptk.read_deepsportradar`.
-        url: where to get the archive (``https://``, ``http://`` or ``file://``; a zip or a tar).
+        url: where to get the archive (``https://``, ``http://`` or ``file://``, or the path of a
+            local file; a zip or a tar).
             A top-level folder in the archive (the official one has ``data_reid/``) is removed.
         md5: expected MD5 hex digest of the archive; ``None`` skips the check.
         force: download and replace ``root`` even if it already holds the layout.
@@ -143,16 +211,19 @@ def download_deepsportradar(root: str | os.PathLike = "data/deepsportradar", url
     MD5 it came from.
 
     Raises:
-        DownloadError: the download failed or was cut short, the MD5 differs, the archive is
-            truncated/corrupt, or it holds no ``reid_training``/``reid_test`` folder. Nothing is
-            left behind in these cases.
+        DownloadError: ``url`` is not an http(s)/file URL (the message shows what one looks like),
+            the download failed or was cut short, the MD5 differs, the archive is truncated/corrupt,
+            or it holds no ``reid_training``/``reid_test`` folder. Nothing is left behind in these
+            cases.
         FileExistsError: ``root`` exists, is not empty and is not such a dataset.
 
-    Example:
+    Example (needs the internet; a local copy works offline with ``url="file:///path/to/archive.zip"``):
         >>> root = download_deepsportradar("data/deepsportradar")       # doctest: +SKIP
         >>> read_deepsportradar(root).summary()                           # doctest: +SKIP
     """
     root = Path(root)
+    url = _check_url(url)
+    _clean_stale(root)
     if _has_layout(root) and not force:
         return root
     if root.exists() and (not root.is_dir() or (any(root.iterdir()) and not _has_layout(root))):
@@ -208,14 +279,17 @@ def download_main(name: str, root: str | os.PathLike, url: str | None = None, md
     Raises:
         ValueError: ``name`` is not a known dataset (the message lists them).
         DownloadError, FileExistsError: see :func:`download_deepsportradar`.
+
+    Example:
+        >>> download_main("imagenet", "data/imagenet")
+        Traceback (most recent call last):
+        ValueError: unknown dataset 'imagenet'; known: ['deepsportradar']
     """
     if name not in DOWNLOADERS:
         raise ValueError(f"unknown dataset {name!r}; known: {sorted(DOWNLOADERS)}")
     fn, default_url, default_md5 = DOWNLOADERS[name]
     check = default_md5 if md5 is None and url is None else (None if str(md5).lower() == "none" else md5)
     out = fn(root, url=url or default_url, md5=check)
-    from .data import read_dataset
-
     print(f"{name}: {out}")
     print(read_dataset(out).summary().to_string())
     return 0

@@ -37,7 +37,8 @@ import numpy as np
 import pandas as pd
 import torch
 
-from .data import ReIdDataset
+from .._util import atomic_write
+from .dataset import ReIdDataset
 
 __all__ = ["write_submission", "read_submission", "submission_ids", "SUBMISSION_FLOAT_FORMAT"]
 
@@ -56,7 +57,7 @@ def submission_ids(dataset: ReIdDataset) -> np.ndarray:
         ValueError: a challenge split without an ``index`` column, or unlabelled (pid -1) rows
             outside the challenge splits (they would all get id -1).
 
-    Example:
+    Example (needs the challenge data, see :func:`~cliptk.data.download_deepsportradar`):
         >>> ds = read_deepsportradar("data/deepsportradar")                # doctest: +SKIP
         >>> submission_ids(ds.subset("challenge_query"))[:3]               # doctest: +SKIP
         array([0, 1, 2])
@@ -103,7 +104,8 @@ def write_submission(path: str | os.PathLike, distances: Any, query: Any, galler
     Raises:
         ValueError: the matrix is not 2-D, has NaN/inf, or the id counts do not match its shape.
 
-    Example:
+    Example (with the query and gallery datasets of a real run; see the module docstring for one
+    that runs on plain arrays):
         >>> write_submission("runs/challenge.csv", res.distances, q_ds, g_ds)   # doctest: +SKIP
     """
     d = distances.detach().cpu().double().numpy() if isinstance(distances, torch.Tensor) else np.asarray(distances, dtype=np.float64)
@@ -117,16 +119,10 @@ def write_submission(path: str | os.PathLike, distances: Any, query: Any, galler
     g = _ids(gallery, "gallery", d.shape[1])
     order = np.argsort(q, kind="stable")
     path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(f".{path.name}.tmp-{os.getpid()}")
-    try:
-        with open(tmp, "w", newline="") as f:
-            np.savetxt(f, np.concatenate([[0], g])[None, :], fmt="%i", delimiter=",")
-            np.savetxt(f, np.column_stack([q[order], d[order]]), delimiter=",", newline="\n",
-                       fmt=["%i"] + [SUBMISSION_FLOAT_FORMAT] * d.shape[1])
-        os.replace(tmp, path)
-    finally:
-        tmp.unlink(missing_ok=True)
+    with atomic_write(path, "w", newline="") as f:  # creates the folder; no half file on error
+        np.savetxt(f, np.concatenate([[0], g])[None, :], fmt="%i", delimiter=",")
+        np.savetxt(f, np.column_stack([q[order], d[order]]), delimiter=",", newline="\n",
+                   fmt=["%i"] + [SUBMISSION_FLOAT_FORMAT] * d.shape[1])
     return path
 
 
@@ -137,7 +133,7 @@ def read_submission(path: str | os.PathLike) -> tuple[np.ndarray, np.ndarray, np
         FileNotFoundError: no such file. ValueError: the file is not in the challenge layout
         (ragged rows, a first cell other than 0, non-integer ids).
 
-    Example:
+    Example (a file written by :func:`write_submission`; the module docstring runs a round trip):
         >>> dist, q, g = read_submission("runs/challenge.csv")     # doctest: +SKIP
     """
     path = Path(path)

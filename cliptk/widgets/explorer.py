@@ -15,7 +15,8 @@ The handlers are plain methods (:meth:`Explorer.on_click`, :meth:`Explorer.on_se
 :meth:`Explorer.select`, :meth:`Explorer.show_neighbours`), so tests and scripts can drive the app
 without a browser.
 
-Example:
+Example (skipped by the doctest run: it needs embeddings of a dataset with images, and a widget
+is only seen in a notebook front end):
     >>> ex = ct.Explorer(emb, ds, k=8, color_by="team")   # doctest: +SKIP
     >>> ex                                 # shows the app                # doctest: +SKIP
     >>> ex.show_neighbours(42)             # same as clicking row 42      # doctest: +SKIP
@@ -31,13 +32,19 @@ import numpy as np
 import pandas as pd
 import plotly.graph_objects as go
 
-from .data import ReIdDataset
-from .viz import (ArrayLike, _as_matrix, _check_dataset, _thumbnail_format, _unit_rows, plot_embeddings, project,
-                  thumbnail_bytes, trace_rows)
+from .._util import as_rows, thumbnail_bytes, unit_rows
+from ..data import ReIdDataset
+from ..viz import ArrayLike, plot_embeddings, project, trace_rows
+from ..viz.figures import check_dataset
 
 __all__ = ["Explorer"]
 
 _SAME, _OTHER = "#1a9850", "#d73027"  # green: same identity, red: another identity
+
+
+def _image_format(data: bytes) -> str:
+    """The ``ipywidgets.Image`` format of encoded thumbnail bytes (WEBP, or JPEG where Pillow lacks it)."""
+    return "jpeg" if data[:2] == b"\xff\xd8" else "webp"
 
 
 class Explorer:
@@ -70,17 +77,17 @@ class Explorer:
     def __init__(self, embeddings: ArrayLike, dataset: ReIdDataset, projection: ArrayLike | None = None, k: int = 8, *,
                  color_by: str | ArrayLike | None = "pid", method: str = "umap", n_components: int = 2,
                  seed: int | None = 0, thumb_height: int = 96, grid_height: int = 64, max_grid: int = 60):
-        x = _as_matrix(embeddings)
+        x = as_rows(embeddings, "embeddings", np.float32)
         n = x.shape[0]
-        _check_dataset(dataset, n)
+        check_dataset(dataset, n)
         if not 1 <= k < n:
             raise ValueError(f"Explorer: k={k} must be in [1, {n - 1}] for {n} images")
-        self.embeddings = _unit_rows(x)
+        self.embeddings = unit_rows(x, "embeddings", np.float32)
         self.dataset = dataset
         self.k = k
         self.thumb_height, self.grid_height, self.max_grid = thumb_height, grid_height, max_grid
         self.projection = (project(x, method, n_components, seed=seed) if projection is None
-                           else _as_matrix(projection, "projection"))
+                           else as_rows(projection, "projection", np.float32))
         fig = plot_embeddings(x, dataset, color_by, projection=self.projection)
         fig.update_layout(dragmode="lasso", height=520, width=700, margin=dict(l=10, r=10, t=20, b=10))
         three = self.projection.shape[1] == 3
@@ -263,7 +270,8 @@ class Explorer:
 
     def _card(self, row: int, height: int, label_html: str, same: bool | None) -> widgets.VBox:
         """A thumbnail with a label; bordered green/red when ``same`` is True/False."""
-        image = widgets.Image(value=self._thumbnail(row, height), format=_thumbnail_format("WEBP").lower(),
+        data = self._thumbnail(row, height)
+        image = widgets.Image(value=data, format=_image_format(data),
                               layout=widgets.Layout(height=f"{height}px", width="auto", object_fit="contain"))
         border = "1px solid #ccc" if same is None else f"3px solid {_SAME if same else _OTHER}"
         return widgets.VBox([image, widgets.HTML(label_html)],

@@ -6,7 +6,8 @@ gallery list is ordered by similarity to the query (rank 1 first, right matches 
 slider walks down it. Other widgets drive it through :meth:`CamPairPicker.select` (e.g. on a click
 in an embedding plot), and :meth:`CamPairPicker.on_result` tells them what was explained.
 
-Example:
+Example (skipped by the doctests: it needs a dataset with query and gallery splits, e.g.
+``ct.players()``, and a notebook to show the widget in):
     >>> picker = CamPairPicker(model, ds)            # doctest: +SKIP
     >>> picker        # shows the widget in a notebook  # doctest: +SKIP
     >>> picker.select(query=3, gallery=120)          # doctest: +SKIP
@@ -15,10 +16,13 @@ from __future__ import annotations
 
 from typing import Callable
 
+import ipywidgets as widgets
 import numpy as np
+from IPython.display import display
 
-from .data import ReIdDataset
-from .explain import CamConfig, SimilarityCam, similarity_cam
+from ..data import ReIdDataset
+from ..embed import embed
+from ..explain import CamConfig, SimilarityCam, similarity_cam
 
 __all__ = ["CamPairPicker"]
 
@@ -49,8 +53,6 @@ class CamPairPicker:
     def __init__(self, model, dataset: ReIdDataset, *, query_split: str = "query", gallery_split: str = "gallery",
                  rank_gallery: bool = True, symmetric: bool = True, config: CamConfig | dict | None = None,
                  **options):
-        import ipywidgets as widgets
-
         self.model, self.dataset = model, dataset
         if config is None:
             options.setdefault("fast", True)
@@ -64,8 +66,6 @@ class CamPairPicker:
                                f"its splits are {dataset.split_names}")
         self._sim: np.ndarray | None = None
         if rank_gallery:
-            from .embed import embed
-
             q = embed(model, dataset.select(self.query_rows), progress=False)
             g = embed(model, dataset.select(self.gallery_rows), progress=False)
             self._sim = (q @ g.T).numpy()
@@ -141,8 +141,6 @@ class CamPairPicker:
     def _render(self) -> None:
         if self._hold or self.gallery.value is None:
             return
-        from IPython.display import display
-
         self.status.value = "<i>explaining…</i>"
         try:
             cam = self.explain()
@@ -191,8 +189,6 @@ class CamPairPicker:
         self._callbacks.append(callback)
 
     def _ipython_display_(self) -> None:
-        from IPython.display import display
-
         if self.result is None:
             self._render()
         display(self.widget)

@@ -1,0 +1,176 @@
+"""What to explain: the options of an explanation, the score it explains, and which pairs.
+
+An explanation of re-identification answers "why does the model find image A similar to image
+B?". Three small things say what is asked before any map is computed:
+
+* :class:`CamConfig` — how to explain (Score-CAM or Grad-CAM, exact or approximate, which layer,
+  the softmax temperature, batch sizes): one YAML-friendly config per job;
+* :class:`SimilarityTarget` — the score whose saliency is mapped, ``scale * cos(f(A'), f(B))``, as a
+  ``pytorch_grad_cam`` target (the library ships none for similarity);
+* :func:`select_pairs` — which pairs of an evaluation are worth explaining (top matches, hardest
+  confusions, hardest true matches).
+
+Example:
+    >>> cfg = CamConfig.from_options({"layer": "layer4.0"}, fast=True, top_channels=16)
+    >>> cfg.fast, cfg.layer, cfg.top_channels
+    (True, 'layer4.0', 16)
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass, fields, replace
+from typing import Literal, Sequence
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+
+__all__ = ["CamConfig", "SimilarityTarget", "select_pairs"]
+
+
+@dataclass
+class CamConfig:
+    """Options of an explanation (one config per job; every field is YAML-friendly).
+
+    Attributes:
+        method: ``"scorecam"`` or ``"gradcam"`` (Grad-CAM always uses the library).
+        fast: :func:`~cliptk.explain.similarity_cam` uses cliptk's exact fast Score-CAM instead of
+            the library's (the batch functions :func:`~cliptk.explain.similarity_cams` /
+            :func:`~cliptk.explain.explain_topk` always do).
+        layer: dotted module name of the target layer, relative to the model
+            (``"clip.visual.layer4.0"``) or to its image tower (``"layer4.0"``); ``None`` picks
+            :func:`~cliptk.explain.default_target_layer`.
+        scale: multiplier of the cosine in the Score-CAM score (a softmax temperature); ``None``
+            uses the model's ``logit_scale.exp()`` (capped at 100, as CLIP does).
+        batch_size: masked images per forward pass; ``None``: 32 on CPU, 256 on CUDA.
+        top_channels: fast path only, approximate Score-CAM: score this many masked images (an
+            int), or this fraction of the channel count (a float in (0, 1]), instead of one per
+            channel. The channels are clustered by the correlation of their activation maps into
+            that many groups; each group's mask is the mean of its channels' masks, and every
+            channel is weighted by its group's score (after Group-CAM, Zhang et al. 2021). Far
+            fewer forward passes, but on some towers single pairs agree much less with the exact
+            map (``benchmarks/RESULTS.md``), so check a few maps against the exact path.
+            ``None`` (or at least the number of channels) = exact.
+        amp: fast path: bf16 autocast for the masked forward passes; ``None`` = on for CUDA only.
+
+    Raises:
+        ValueError: an option is out of range (the message names it).
+
+    Example:
+        >>> CamConfig(method="gradcam", fast=True)
+        Traceback (most recent call last):
+        ValueError: CamConfig: fast=True is a Score-CAM path; Grad-CAM needs fast=False
+    """
+
+    method: Literal["scorecam", "gradcam"] = "scorecam"
+    fast: bool = False
+    layer: str | None = None
+    scale: float | None = None
+    batch_size: int | None = None
+    top_channels: int | float | None = None
+    amp: bool | None = None
+
+    def __post_init__(self) -> None:
+        if self.method not in ("scorecam", "gradcam"):
+            raise ValueError(f"CamConfig.method must be 'scorecam' or 'gradcam', got {self.method!r}")
+        if self.method == "gradcam" and self.fast:
+            raise ValueError("CamConfig: fast=True is a Score-CAM path; Grad-CAM needs fast=False")
+        if self.scale is not None and not self.scale > 0:
+            raise ValueError(f"CamConfig.scale must be > 0 (a softmax temperature), got {self.scale}")
+        if self.batch_size is not None and self.batch_size < 1:
+            raise ValueError(f"CamConfig.batch_size must be >= 1, got {self.batch_size}")
+        k = self.top_channels
+        if k is not None and not ((isinstance(k, int) and k >= 1) or (isinstance(k, float) and 0 < k <= 1)):
+            raise ValueError(f"CamConfig.top_channels must be an int >= 1 or a fraction in (0, 1], got {k!r}")
+
+    @classmethod
+    def from_options(cls, config: "CamConfig | dict | None" = None, **options) -> "CamConfig":
+        """A config from another config or dict, with ``options`` overriding its fields.
+
+        Raises:
+            TypeError: an option is not a :class:`CamConfig` field (the message lists them).
+
+        Example:
+            >>> CamConfig.from_options(CamConfig(scale=2.0), batch_size=4)
+            CamConfig(method='scorecam', fast=False, layer=None, scale=2.0, batch_size=4, top_channels=None, amp=None)
+        """
+        base = config if isinstance(config, CamConfig) else cls(**(config or {}))
+        names = {f.name for f in fields(cls)}
+        unknown = sorted(set(options) - names)
+        if unknown:
+            raise TypeError(f"unknown explanation option(s) {unknown}; CamConfig fields are {sorted(names)}")
+        return replace(base, **options)
+
+
+class SimilarityTarget:
+    """A ``pytorch_grad_cam`` target: ``scale * cos(output, reference)``.
+
+    ``output`` is the model's embedding of one image ``[D]`` (as ScoreCAM passes it) or of a batch
+    ``[N, D]`` (returns ``[N]``). ``scale`` sharpens the softmax that ScoreCAM applies across
+    channels; with ``scale=1`` the weights are nearly uniform and the map hardly depends on
+    ``reference``.
+
+    Example:
+        >>> t = SimilarityTarget(torch.tensor([1.0, 0.0]), scale=10.0)
+        >>> float(t(torch.tensor([1.0, 1.0])))   # 10 * cos(45 deg)  # doctest: +ELLIPSIS
+        7.071...
+    """
+
+    def __init__(self, reference: torch.Tensor, scale: float = 1.0):
+        self.reference = reference.detach().reshape(-1).float()
+        self.scale = float(scale)
+
+    def __call__(self, output: torch.Tensor) -> torch.Tensor:
+        ref = self.reference.to(output.device, output.dtype)
+        return self.scale * F.cosine_similarity(output, ref.expand_as(output), dim=-1)
+
+    def __repr__(self) -> str:
+        return f"SimilarityTarget(dim={self.reference.numel()}, scale={self.scale:.3g})"
+
+
+def select_pairs(query_emb: torch.Tensor | np.ndarray, gallery_emb: torch.Tensor | np.ndarray,
+                 query_pids: Sequence[int] | np.ndarray, gallery_pids: Sequence[int] | np.ndarray, *,
+                 kind: Literal["top_matches", "hardest_wrong", "hardest_right"] = "top_matches",
+                 n: int = 8) -> list[tuple[int, int, float]]:
+    """Pairs worth explaining, one per query: ``(query_row, gallery_row, cosine similarity)``.
+
+    * ``"top_matches"``: each query's most similar gallery image (right or wrong), most similar first;
+    * ``"hardest_wrong"``: each query's most similar gallery image of *another* identity, highest first
+      (the confusions that cost rank-1);
+    * ``"hardest_right"``: each query's least similar image of its *own* identity, lowest first.
+
+    Rows index the query / gallery embeddings (e.g. ``ds.subset("query")`` rows); the embeddings
+    are ``[Q, D]`` and ``[G, D]`` (L2-normalised here).
+
+    Raises:
+        ValueError: unknown ``kind`` or mismatched lengths.
+
+    Example:
+        >>> q = np.array([[1.0, 0.0], [0.0, 1.0]])                  # two queries, pids 0 and 1
+        >>> g = np.array([[1.0, 0.1], [0.1, 1.0], [0.7, 0.7]])      # gallery pids 0, 1, 2
+        >>> [(i, j, round(s, 3)) for i, j, s in select_pairs(q, g, [0, 1], [0, 1, 2], kind="top_matches")]
+        [(0, 0, 0.995), (1, 1, 0.995)]
+        >>> [(i, j, round(s, 3)) for i, j, s in select_pairs(q, g, [0, 1], [0, 1, 2], kind="hardest_wrong")]
+        [(0, 2, 0.707), (1, 2, 0.707)]
+
+    Then explain them, e.g. ``[similarity_cam(model, i, j, dataset=(query, gallery)) for i, j, _ in pairs]``.
+    """
+    q = F.normalize(torch.as_tensor(np.asarray(query_emb), dtype=torch.float32), dim=-1)
+    g = F.normalize(torch.as_tensor(np.asarray(gallery_emb), dtype=torch.float32), dim=-1)
+    qp, gp = np.asarray(query_pids), np.asarray(gallery_pids)
+    if len(qp) != len(q) or len(gp) != len(g):
+        raise ValueError(f"select_pairs: {len(q)} query embeddings with {len(qp)} pids, {len(g)} gallery "
+                         f"embeddings with {len(gp)} pids")
+    sim = (q @ g.T).numpy()
+    same = qp[:, None] == gp[None, :]
+    if kind == "top_matches":
+        masked, pick, descending = sim, np.argmax, True
+    elif kind == "hardest_wrong":
+        masked, pick, descending = np.where(same, -np.inf, sim), np.argmax, True
+    elif kind == "hardest_right":
+        masked, pick, descending = np.where(same, sim, np.inf), np.argmin, False
+    else:
+        raise ValueError(f"select_pairs: kind must be 'top_matches', 'hardest_wrong' or 'hardest_right', got {kind!r}")
+    cols = pick(masked, axis=1)
+    vals = masked[np.arange(len(q)), cols]
+    rows = [i for i in np.argsort(-vals if descending else vals, kind="stable") if np.isfinite(vals[i])]
+    return [(int(i), int(cols[i]), float(sim[i, cols[i]])) for i in rows[:n]]

@@ -1,0 +1,304 @@
+"""The training-run configuration: :class:`TrainConfig`, its YAML / ``--set`` round trip and
+:func:`load_config`.
+
+One dataclass holds every field a fine-tuning run reads, with CLIP-ReIdent's defaults (Habel,
+Deuser & Oswald, MMSports 2022) and validation in ``__post_init__`` that names the bad field. The
+command line's ``--set field=value`` strings are converted to each field's type here
+(:meth:`TrainConfig.replace`), so a YAML file, a dict and a command line all give the same config.
+
+Example:
+    >>> cfg = load_config(None, {"epochs": "2", "lr": "1e-4"})
+    >>> (cfg.epochs, cfg.lr)
+    (2, 0.0001)
+"""
+from __future__ import annotations
+
+import difflib
+import os
+import re
+import typing
+from dataclasses import asdict, dataclass, field, fields
+from pathlib import Path
+from typing import Any
+
+import yaml
+
+from .._util import atomic_write_text
+from ..losses import LOSSES
+
+__all__ = ["TrainConfig", "load_config"]
+
+_AMP = ("auto", "bf16", "fp16", "off")
+_SCHEDULES = ("polynomial", "cosine", "constant")
+
+
+@dataclass
+class TrainConfig:
+    """Everything a fine-tuning run needs, with CLIP-ReIdent's defaults (Habel et al., 2022).
+
+    :func:`cliptk.train.fit` uses the data/optimisation/loss/precision/evaluation/checkpoint
+    fields; the model and ``data`` fields are read by :func:`cliptk.recipes.run_from_config` (the
+    command line), which loads them.
+
+    Model (``run_from_config`` only): ``model``, ``pretrained``, ``image_only``, ``projection``
+    (False removes the ViT's output projection, as the paper does), ``resize``.
+
+    Data: ``data`` (a folder/CSV for :func:`cliptk.read_dataset`, or ``"synthetic"``: the embedded
+    synthetic players of :func:`cliptk.recipes.players`, or, when ``synthetic`` holds
+    :func:`cliptk.generate_players` keyword arguments (``root`` optional), that world under
+    ``data/generated/players-<hash>``), ``train_split``, ``query_split``, ``gallery_split``, ``batch_size`` ((query,
+    positive) pairs per step and per GPU, i.e. ``2 * batch_size`` images), ``per_epoch``
+    (``"images"``: every image is a query once per epoch; ``"identities"``: one query per
+    identity), ``flip_p`` (joint horizontal flip of both images of a pair), ``num_workers``,
+    ``cache_images`` (preprocess every training image once and keep the tensors in memory),
+    ``group_by`` (None: :class:`cliptk.samplers.UniqueIdPairSampler`'s random batches; a metadata
+    column such as ``"team"`` or ``"game"``: :class:`cliptk.samplers.GroupedPairSampler` batches of
+    whole groups, i.e. in-batch hard negatives).
+
+    Model surgery at the start of a fresh run: ``reinit_blocks`` (re-initialise the image tower's
+    last N blocks and head, :func:`cliptk.models.reinit_top_blocks`; 0 = keep all pre-trained
+    weights, as the paper does).
+
+    Optimisation: ``epochs``, ``lr`` → ``lr_end`` (``schedule``: ``"polynomial"`` of ``power``,
+    ``"cosine"`` or ``"constant"``) after ``warmup_epochs`` of linear warm-up, AdamW
+    ``weight_decay`` (not on biases, norms, embeddings of rank 1 and the temperature) and
+    ``betas``, ``grad_clip`` (max global norm, None = off), ``accumulate`` (micro-batches per
+    optimizer step; does **not** enlarge the contrastive batch), ``max_steps`` / ``max_minutes``
+    (stop early; the schedule still spans ``epochs``), ``seed``.
+
+    Loss: ``loss`` (a :data:`cliptk.losses.LOSSES` name), ``label_smoothing`` (passed to losses
+    that take it), ``loss_kwargs``, ``learn_temperature``, ``temperature`` (start value; None keeps
+    the model's), ``max_logit_scale`` (clamp of the learnable scale, 100 as in CLIP).
+
+    Precision and device: ``amp`` (``"auto"``: bf16 on CUDA where supported, else fp16 with a grad
+    scaler; always off on CPU), ``device`` (``"auto"``, ``"cpu"``, ``"cuda"``, ``"cuda:1"``),
+    ``grad_checkpointing``.
+
+    Evaluation: ``eval_before``, ``eval_every`` (epochs; 0 = only at the end), ``eval_flip``,
+    ``eval_batch_size``.
+
+    Checkpoints and logs: ``output_dir`` (None = no checkpoints), ``save_every_steps`` (besides
+    each epoch end), ``keep_checkpoints``, ``progress``.
+
+    Raises:
+        ValueError: a field is out of range; the message names it, its value and what is allowed.
+
+    Example:
+        >>> cfg = TrainConfig(epochs=2, lr=1e-4)
+        >>> TrainConfig.from_yaml(cfg.to_yaml()) == cfg
+        True
+    """
+
+    # model (read by cliptk.recipes.run_from_config)
+    model: str = "ViT-L-14"
+    pretrained: str | None = "openai"
+    image_only: bool = True
+    projection: bool = False
+    resize: str = "letterbox"
+    # data
+    data: str | None = None
+    synthetic: dict = field(default_factory=dict)
+    train_split: str = "train"
+    query_split: str = "query"
+    gallery_split: str = "gallery"
+    batch_size: int = 16
+    per_epoch: str = "images"
+    flip_p: float = 0.5
+    num_workers: int = 0
+    cache_images: bool = False
+    group_by: str | None = None
+    # model surgery (fresh runs only)
+    reinit_blocks: int = 0
+    # optimisation
+    epochs: int = 4
+    lr: float = 4e-5
+    lr_end: float = 1e-5
+    schedule: str = "polynomial"
+    power: float = 1.0
+    warmup_epochs: float = 1.0
+    weight_decay: float = 0.01
+    betas: tuple[float, float] = (0.9, 0.999)
+    grad_clip: float | None = None
+    accumulate: int = 1
+    max_steps: int | None = None
+    max_minutes: float | None = None
+    seed: int = 0
+    # loss and temperature
+    loss: str = "infonce"
+    label_smoothing: float = 0.1
+    loss_kwargs: dict = field(default_factory=dict)
+    learn_temperature: bool = True
+    temperature: float | None = None
+    max_logit_scale: float = 100.0
+    # precision and device
+    amp: str = "auto"
+    device: str = "auto"
+    grad_checkpointing: bool = False
+    # evaluation
+    eval_before: bool = True
+    eval_every: int = 1
+    eval_flip: bool = False
+    eval_batch_size: int = 64
+    # checkpoints and logging
+    output_dir: str | None = None
+    save_every_steps: int | None = None
+    keep_checkpoints: int = 2
+    progress: bool = True
+
+    def __post_init__(self) -> None:
+        self.betas = tuple(float(b) for b in self.betas)  # YAML gives a list
+        self.synthetic = dict(self.synthetic or {})
+        self.loss_kwargs = dict(self.loss_kwargs or {})
+        if self.output_dir is not None:
+            self.output_dir = str(self.output_dir)
+        if isinstance(self.amp, bool):  # YAML 1.1 reads a bare `off` as false
+            self.amp = "auto" if self.amp else "off"
+
+        def bad(name: str, allowed: str) -> ValueError:
+            return ValueError(f"TrainConfig.{name}={getattr(self, name)!r} is invalid: {allowed}")
+
+        for name in ("batch_size", "epochs", "accumulate", "eval_batch_size", "keep_checkpoints"):
+            if int(getattr(self, name)) < 1:
+                raise bad(name, "must be an integer >= 1")
+        for name in ("num_workers", "eval_every", "reinit_blocks"):
+            if int(getattr(self, name)) < 0:
+                raise bad(name, "must be an integer >= 0")
+        for name in ("max_steps", "save_every_steps"):
+            if getattr(self, name) is not None and int(getattr(self, name)) < 1:
+                raise bad(name, "must be None or an integer >= 1")
+        if not self.lr > 0:
+            raise bad("lr", "must be > 0")
+        if not 0 <= self.lr_end <= self.lr:
+            raise bad("lr_end", f"must be in [0, lr={self.lr}] (the schedule decays from lr to lr_end)")
+        if not 0 <= self.warmup_epochs <= self.epochs:
+            raise bad("warmup_epochs", f"must be in [0, epochs={self.epochs}]")
+        if self.schedule not in _SCHEDULES:
+            raise bad("schedule", f"choose one of {_SCHEDULES}")
+        if not self.power > 0:
+            raise bad("power", "must be > 0")
+        if not self.weight_decay >= 0:
+            raise bad("weight_decay", "must be >= 0")
+        if len(self.betas) != 2 or not all(0 <= b < 1 for b in self.betas):
+            raise bad("betas", "must be two numbers in [0, 1)")
+        if self.grad_clip is not None and not self.grad_clip > 0:
+            raise bad("grad_clip", "must be None or > 0")
+        if self.max_minutes is not None and not self.max_minutes > 0:
+            raise bad("max_minutes", "must be None or > 0")
+        if not 0 <= self.flip_p <= 1:
+            raise bad("flip_p", "must be a probability in [0, 1]")
+        if self.per_epoch not in ("images", "identities"):
+            raise bad("per_epoch", "choose 'images' or 'identities'")
+        if self.resize not in ("letterbox", "squash", "crop"):
+            raise bad("resize", "choose 'letterbox', 'squash' or 'crop'")
+        if self.loss.lower() not in LOSSES:
+            raise bad("loss", f"choose one of {sorted(LOSSES)}")
+        requires = LOSSES[self.loss.lower()].requires   # extra inputs the loss needs; fit makes none
+        if requires:
+            usable = ", ".join(repr(name) for name, cls in LOSSES.items() if not cls.requires)
+            raise bad("loss", f"this loss needs {', '.join(r + '=' for r in requires)} inputs that fit() does not "
+                      f"compute; pass your own module as fit(..., loss_fn=...) or use {usable}")
+        if not 0 <= self.label_smoothing < 1:
+            raise bad("label_smoothing", "must be in [0, 1)")
+        if not self.max_logit_scale >= 1:
+            raise bad("max_logit_scale", "must be >= 1")
+        if self.temperature is not None and not 1 / self.max_logit_scale <= self.temperature:
+            raise bad("temperature", f"must be None or >= 1/max_logit_scale = {1 / self.max_logit_scale:g}")
+        if self.amp not in _AMP:
+            raise bad("amp", f"choose one of {_AMP}")
+        if not re.fullmatch(r"auto|cpu|cuda(:\d+)?|mps", str(self.device)):
+            raise bad("device", "choose 'auto', 'cpu', 'cuda' or 'cuda:N'")
+
+    # --- YAML / dict round trip ---------------------------------------------------------------
+    def to_dict(self) -> dict[str, Any]:
+        """Plain dict (lists instead of tuples), as written to YAML."""
+        d = asdict(self)
+        d["betas"] = list(self.betas)
+        return d
+
+    def to_yaml(self, path: str | os.PathLike | None = None) -> str:
+        """The config as YAML text; also written (atomically) to ``path`` when given."""
+        text = yaml.safe_dump(self.to_dict(), sort_keys=False)
+        if path is not None:
+            atomic_write_text(Path(path), text)
+        return text
+
+    @classmethod
+    def from_dict(cls, d: dict[str, Any]) -> "TrainConfig":
+        """Build from a dict; unknown keys raise ``ValueError`` with the closest known names."""
+        known = [f.name for f in fields(cls)]
+        unknown = [k for k in d if k not in known]
+        if unknown:
+            hints = {k: difflib.get_close_matches(k, known, n=1) for k in unknown}
+            hint = "; ".join(f"{k!r} (did you mean {h[0]!r}?)" if h else repr(k) for k, h in hints.items())
+            raise ValueError(f"unknown TrainConfig field(s): {hint}. Known fields: {', '.join(known)}")
+        return cls(**{k: _coerce(k, v) for k, v in d.items()})
+
+    @classmethod
+    def from_yaml(cls, source: str | os.PathLike) -> "TrainConfig":
+        """Read a config from a YAML file (or YAML text containing a newline).
+
+        Raises:
+            FileNotFoundError: the file does not exist. ValueError: unknown or invalid fields.
+        """
+        text = str(source)
+        if isinstance(source, os.PathLike) or "\n" not in text:
+            path = Path(source)
+            if not path.is_file():
+                raise FileNotFoundError(f"training config not found: {path} (see configs/*.yaml for examples)")
+            text = path.read_text()
+        d = yaml.safe_load(text) or {}
+        if not isinstance(d, dict):
+            raise ValueError(f"a training config must be a YAML mapping of field: value, got {type(d).__name__}")
+        return cls.from_dict(d)
+
+    def replace(self, **changes: Any) -> "TrainConfig":
+        """A copy with ``changes`` applied; string values are converted to the field's type
+        (so command-line ``--set lr=1e-4`` works)."""
+        return self.from_dict({**self.to_dict(), **changes})
+
+
+def _coerce(name: str, value: Any) -> Any:
+    """Convert a string (from a command line) to the type of TrainConfig field ``name``."""
+    if not isinstance(value, str):
+        return value
+    hint = typing.get_type_hints(TrainConfig)[name]
+    args = set(typing.get_args(hint)) or {hint}
+    if type(None) in args and value.strip().lower() in ("none", "null", "~", ""):
+        return None
+    if str in args:
+        return value
+    if bool in args:
+        low = value.strip().lower()
+        if low in ("1", "true", "yes", "on"):
+            return True
+        if low in ("0", "false", "no", "off"):
+            return False
+        raise ValueError(f"TrainConfig.{name} expects true/false, got {value!r}")
+    for t in (int, float):
+        if t in args:
+            try:
+                return t(float(value)) if t is int and float(value).is_integer() else t(value)
+            except ValueError:
+                continue
+    parsed = yaml.safe_load(value)  # dicts, lists
+    return parsed
+
+
+def load_config(config: str | os.PathLike | TrainConfig | dict | None = None,
+                overrides: dict[str, Any] | None = None) -> TrainConfig:
+    """A :class:`TrainConfig` from a YAML path, a dict or a config, with ``overrides`` applied.
+
+    Example:
+        >>> load_config(None, {"lr": "1e-4"}).lr
+        0.0001
+    """
+    if config is None:
+        cfg = TrainConfig()
+    elif isinstance(config, TrainConfig):
+        cfg = config
+    elif isinstance(config, dict):
+        cfg = TrainConfig.from_dict(config)
+    else:
+        cfg = TrainConfig.from_yaml(config)
+    return cfg.replace(**overrides) if overrides else cfg
+
