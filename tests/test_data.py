@@ -102,6 +102,8 @@ def test_stable_pid_is_a_fixed_function_of_the_name():
     names = [f"player-{i}" for i in range(2000)]
     pids = [stable_pid(n) for n in names]
     assert len(set(pids)) == len(names) and all(2**52 <= p < 2**53 for p in pids)
+    big = ReIdDataset("r", pd.DataFrame({"path": ["a.jpg", "b.jpg"], "pid": [2**60 + 1, 3]}))
+    assert big.pids.tolist() == [2**60 + 1, 3]  # integer pids never pass through float
 
 
 def test_holdout_makes_disjoint_deterministic_query_gallery(tmp_path):

@@ -88,6 +88,8 @@ def _pid_column(values: pd.Series, where: str, row: int = 0) -> tuple[np.ndarray
 
     if pd.api.types.is_bool_dtype(values):
         raise bad(0, "must hold integers (or identity names), not booleans")
+    if pd.api.types.is_integer_dtype(values) and not values.isna().any():
+        return values.to_numpy().astype(np.int64), None  # exact (no trip through float)
     if pd.api.types.is_numeric_dtype(values):
         num = values.astype(float)
         wrong = ~np.isfinite(num.to_numpy()) | (num.to_numpy() != np.round(num.to_numpy()))
@@ -131,6 +133,8 @@ def _check_collisions(pids: np.ndarray, labels: Sequence[str], where: str) -> No
 
 def _camid_column(values: pd.Series, where: str, row: int = 0) -> np.ndarray:
     """Integer camera ids; empty cells are unknown (-1)."""
+    if pd.api.types.is_integer_dtype(values) and not values.isna().any():
+        return values.to_numpy().astype(np.int64)
     if pd.api.types.is_numeric_dtype(values) and not pd.api.types.is_bool_dtype(values):
         num = values.astype(float).fillna(UNKNOWN_CAMERA).to_numpy()
     else:
