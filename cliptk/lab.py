@@ -68,7 +68,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-from .data import ReIdDataset
+from .data import ReIdDataset, camids_for_evaluation
 from .losses import LOSSES, ContrastiveLoss, GISTFilter, GuidedInfoNCE, LogitScale, make_loss
 from .metrics import ReIdResult, evaluate_reid
 from .samplers import PKSampler, UniqueIdPairSampler
@@ -272,7 +272,7 @@ class LabData:
 
         Raises:
             ValueError: if ``features`` does not have one row per dataset row, or holds NaN rows
-                in a used split (unreadable images; drop them with ``dataset.drop_unreadable()``).
+                in a used split (unreadable images; leave them out with ``dataset.without_unreadable(features)``).
             KeyError: if a split is missing (the message lists the available ones).
         """
         feats = torch.as_tensor(features, dtype=torch.float32)
@@ -290,8 +290,11 @@ class LabData:
             x = feats[rows]
             if torch.isnan(x).any():
                 raise ValueError(f"LabData.from_dataset: split {split!r} has NaN features (unreadable images); "
-                                 "use dataset.drop_unreadable() before embedding")
+                                 "leave them out first: dataset, features = dataset.without_unreadable(features)")
             parts[role] = (x, dataset.pids[rows], dataset.camids[rows])
+        # unknown cameras: no camera filtering (the query image itself is never a match)
+        qc, gc, _ = camids_for_evaluation(dataset.subset(query), dataset.subset(gallery))
+        parts["query"], parts["gallery"] = (*parts["query"][:2], qc), (*parts["gallery"][:2], gc)
         g = None
         if guide is not None:
             g = torch.as_tensor(guide, dtype=torch.float32)[np.flatnonzero(dataset.splits == train)]

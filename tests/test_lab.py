@@ -344,3 +344,20 @@ def test_a_registered_loss_is_a_lab_method_and_gets_the_guide(registry):
         lab.LabMethod("depth", loss="needs-depth")
     with pytest.raises(ValueError, match="guided-copy, needs-depth"):  # the list of choices is the registry
         lab.LabMethod("bad", loss="triplet")
+
+
+def test_from_dataset_without_cameras_keeps_every_true_match():
+    """No camid column: no camera filtering (the your-own-data rule), so the lab's mAP is the one
+    computed with every other image of the identity as a true match — not 0 from dropping them all."""
+    rows = [{"path": f"{s}{p}_{k}.jpg", "pid": p, "split": s} for p in range(4) for s, n in
+            (("train", 2), ("query", 1), ("gallery", 2)) for k in range(n)]
+    ds = ReIdDataset("/nowhere", pd.DataFrame(rows))
+    assert not ds.has_cameras
+    rng = np.random.default_rng(0)
+    centres = rng.normal(size=(4, 8))
+    feats = torch.tensor(centres[ds.pids] + 0.01 * rng.normal(size=(len(ds), 8)), dtype=torch.float32)
+    data = lab.LabData.from_dataset(ds, feats)
+    res = lab.evaluate_head(None, data)
+    q, g = ds.splits == "query", ds.splits == "gallery"
+    ref = evaluate_reid(feats[q], feats[g], ds.pids[q], ds.pids[g])   # no camids: nothing filtered
+    assert res.mAP == pytest.approx(ref.mAP) and res.mAP == pytest.approx(1.0)
