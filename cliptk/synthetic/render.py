@@ -10,6 +10,12 @@ Every random choice comes from the ``rng`` passed in, in a fixed order, so the s
 state gives the same pixels; the tests pin image hashes (``tests/test_synthetic.py``), and a
 change to what is drawn must bump :data:`~cliptk.synthetic.write.GENERATOR_VERSION`.
 
+``render_player(..., return_masks=True)`` also returns the ground-truth **part mask** of the crop:
+a ``uint8`` label map indexing :data:`PARTS` (number, jersey, shorts, socks, shoes, skin, hair ...),
+drawn on a second canvas by the same strokes as the pixels. It draws no random numbers, so the
+image and the generator's state afterwards are the same with or without it
+(``tests/test_part_masks.py``).
+
 Example:
     >>> import numpy as np
     >>> from cliptk.synthetic import make_players
@@ -33,9 +39,17 @@ from PIL import Image, ImageChops, ImageDraw, ImageFilter, ImageFont
 from .world import (COLOURS, HAIR_COLOURS, SHOE_COLOURS, SKIN_TONES, SOCK_COLOURS, SOCK_LENGTHS, Player, _lum,
                     _random_player, caption)
 
-__all__ = ["render_player", "RenderInfo", "sample_batch", "stream_players"]
+__all__ = ["render_player", "RenderInfo", "PARTS", "sample_batch", "stream_players"]
 
 _SS = 2  # supersampling factor of the drawing canvas
+
+#: Names of the labels in a part mask (``render_player(..., return_masks=True)``): label ``i`` is
+#: ``PARTS[i]``. ``number`` holds the digits with their outline and the name bar on the back;
+#: ``accessory`` the headband and arm sleeve; ``other_player`` the player who occludes the crop
+#: (in front, or behind where no part of the player is drawn); ``background`` the court.
+PARTS: tuple[str, ...] = ("background", "skin", "hair", "jersey", "number", "shorts", "socks", "shoes",
+                          "accessory", "other_player")
+_PART = {name: i for i, name in enumerate(PARTS)}
 
 
 @dataclass(frozen=True)
@@ -128,6 +142,8 @@ class _Pen:
     def __init__(self, fig: Image.Image, pivot: tuple[float, float], lean_deg: float):
         self.d = ImageDraw.Draw(fig)
         self.mask: ImageDraw.ImageDraw | None = None
+        self.labels: ImageDraw.ImageDraw | None = None  # the part mask, drawn with label ``part``
+        self.part = 0
         self.px, self.py = pivot
         self.c, self.s = math.cos(math.radians(lean_deg)), math.sin(math.radians(lean_deg))
 
@@ -136,26 +152,32 @@ class _Pen:
         return (self.px + dx * self.c + dy * self.s, self.py - dx * self.s + dy * self.c)
 
     def _both(self):
-        return [(self.d, None)] + ([(self.mask, 255)] if self.mask is not None else [])
+        return ([(self.d, None)] + ([(self.mask, 255)] if self.mask is not None else [])
+                + ([(self.labels, self.part)] if self.labels is not None else []))
+
+    def on(self, part: str) -> "_Pen":
+        """Label what is drawn next as ``part`` in the part mask (no effect on the pixels)."""
+        self.part = _PART[part]
+        return self
 
     def poly(self, pts, fill) -> None:
         q = [self.P(x, y) for x, y in pts]
         for d, f in self._both():
-            d.polygon(q, fill=f or fill)
+            d.polygon(q, fill=fill if f is None else f)
 
     def line(self, pts, fill, width: float, caps: bool = False) -> None:
         q = [self.P(x, y) for x, y in pts]
         wdt = max(1, int(round(width)))
         for d, f in self._both():
-            d.line(q, fill=f or fill, width=wdt, joint="curve")
+            d.line(q, fill=fill if f is None else f, width=wdt, joint="curve")
             if caps:
                 for x, y in (q[0], q[-1]):
-                    d.ellipse((x - width / 2, y - width / 2, x + width / 2, y + width / 2), fill=f or fill)
+                    d.ellipse((x - width / 2, y - width / 2, x + width / 2, y + width / 2), fill=fill if f is None else f)
 
     def ellipse(self, x: float, y: float, rx: float, ry: float, fill) -> None:
         x, y = self.P(x, y)
         for d, f in self._both():
-            d.ellipse((x - rx, y - ry, x + rx, y + ry), fill=f or fill)
+            d.ellipse((x - rx, y - ry, x + rx, y + ry), fill=fill if f is None else f)
 
     def chord(self, x: float, y0: float, y1: float, rx: float, start: float, end: float, fill) -> None:
         """Chord of the ellipse spanning x±rx, y0..y1, angles in PIL's clockwise degrees."""
@@ -163,17 +185,22 @@ class _Pen:
         ry = (y1 - y0) / 2
         lean = math.degrees(math.atan2(self.s, self.c))
         self.d.chord((x - rx, yc - ry, x + rx, yc + ry), start - lean, end - lean, fill=fill)
+        if self.labels is not None:
+            self.labels.chord((x - rx, yc - ry, x + rx, yc + ry), start - lean, end - lean, fill=self.part)
 
 
 def _draw_figure(p: Player, rng: np.random.Generator, canvas: tuple[int, int], cx: float,
-                 foot_y: float, u: float, view: str, lean: float):
+                 foot_y: float, u: float, view: str, lean: float, labels: Image.Image | None = None):
     """Draw one player, ``u`` px tall, feet at (cx, foot_y), leaning ``lean`` degrees.
 
     Returns ``(figure RGBA, ink, visible, box)``: ``ink`` is the number's total ink (sum of
     its mask), ``visible`` the L mask of its unhidden ink inside ``box`` (x0, y0, x1, y1).
+    With ``labels`` (an L image of ``canvas`` size) every stroke is also drawn there with its
+    :data:`PARTS` label; that draws no random numbers.
     """
     fig = Image.new("RGBA", canvas, (0, 0, 0, 0))
     pen = _Pen(fig, (cx, foot_y), lean)
+    pen.labels = ImageDraw.Draw(labels) if labels is not None else None
     top = foot_y - u
 
     def Y(f: float) -> float:
@@ -193,6 +220,7 @@ def _draw_figure(p: Player, rng: np.random.Generator, canvas: tuple[int, int], c
         pen.poly([(x0, y0), (x1, y0), (x1, y1), (x0, y1)], fill)
 
     # hair behind the head (afro, long) in front and side views
+    pen.on("hair")
     if view != "back":
         if p.hair_style == "afro":
             pen.ellipse(hx, hy - ry * 0.4, rx * 1.45, ry * 0.95, hair)
@@ -214,13 +242,13 @@ def _draw_figure(p: Player, rng: np.random.Generator, canvas: tuple[int, int], c
         legs.append((hip, tuple(knee), tuple(ank)))
     thigh, calf = 0.062 * u * wd, 0.05 * u * wd
     for hip, knee, ank in legs:
-        pen.line([hip, knee], skin, thigh)
+        pen.on("skin").line([hip, knee], skin, thigh)
         pen.line([knee, ank], skin, calf, caps=True)
         frac = min(0.9, SOCK_LENGTHS[p.sock_length] * u / max(1.0, math.dist(knee, ank)))
         stop = (ank[0] + (knee[0] - ank[0]) * frac, ank[1] + (knee[1] - ank[1]) * frac)
-        pen.line([ank, stop], SOCK_COLOURS[p.socks], calf * 1.12, caps=True)
+        pen.on("socks").line([ank, stop], SOCK_COLOURS[p.socks], calf * 1.12, caps=True)
         dx = 0.018 * u * side if view == "side" else 0.0
-        pen.ellipse(ank[0] + dx, ank[1] + 0.014 * u, 0.045 * u, 0.022 * u, SHOE_COLOURS[p.shoes])
+        pen.on("shoes").ellipse(ank[0] + dx, ank[1] + 0.014 * u, 0.045 * u, 0.022 * u, SHOE_COLOURS[p.shoes])
 
     # shorts follow the thighs
     yb = Y(0.68)
@@ -231,13 +259,14 @@ def _draw_figure(p: Player, rng: np.random.Generator, canvas: tuple[int, int], c
     xl, xr = along(*legs[0][:2], yb), along(*legs[1][:2], yb)
     shorts = [(cx - ww * 1.1, Y(0.46)), (cx + ww * 1.1, Y(0.46)), (xr + thigh * 0.85, yb),
               (xr - thigh * 0.7, yb), (cx, Y(0.61)), (xl + thigh * 0.7, yb), (xl - thigh * 0.85, yb)]
-    pen.poly(shorts, p.shorts)
+    pen.on("shorts").poly(shorts, p.shorts)
     lw = max(1, int(0.014 * u))
     if view != "back":
         pen.line([shorts[1], shorts[2]], p.trim, lw)
         pen.line([shorts[0], shorts[6]], p.trim, lw)
 
     # neck, arms (the far one first in side view), then the jersey
+    pen.on("skin")
     rect(hx - 0.026 * u, Y(0.12), hx + 0.026 * u, Y(0.2), skin)
     arms = []
     for sgn in (-1, 1):
@@ -253,10 +282,10 @@ def _draw_figure(p: Player, rng: np.random.Generator, canvas: tuple[int, int], c
 
     def draw_arm(arm):
         sgn, shoulder, elbow, wrist = arm
-        pen.line([shoulder, elbow, wrist], skin, 0.046 * u * wd, caps=True)
+        pen.on("skin").line([shoulder, elbow, wrist], skin, 0.046 * u * wd, caps=True)
         if p.sleeve is not None and sgn == -1:
-            pen.line([shoulder, elbow, wrist], SOCK_COLOURS[p.sleeve], 0.05 * u * wd, caps=True)
-        pen.ellipse(wrist[0], wrist[1], 0.026 * u, 0.026 * u, skin)
+            pen.on("accessory").line([shoulder, elbow, wrist], SOCK_COLOURS[p.sleeve], 0.05 * u * wd, caps=True)
+        pen.on("skin").ellipse(wrist[0], wrist[1], 0.026 * u, 0.026 * u, skin)
 
     if view == "side":
         far = arms[0] if side == 1 else arms[1]
@@ -265,19 +294,20 @@ def _draw_figure(p: Player, rng: np.random.Generator, canvas: tuple[int, int], c
     torso = [(cx - sw * 0.55, Y(0.165)), (cx + sw * 0.55, Y(0.165)), (cx + sw, Y(0.19)),
              (cx + sw * 0.86, Y(0.29)), (cx + ww, Y(0.5)), (cx - ww, Y(0.5)),
              (cx - sw * 0.86, Y(0.29)), (cx - sw, Y(0.19))]
-    pen.poly(torso, p.jersey)
+    pen.on("jersey").poly(torso, p.jersey)
     jm = Image.new("L", canvas, 0)
     ImageDraw.Draw(jm).polygon([pen.P(x, y) for x, y in torso], fill=255)
     pen.line([torso[2], torso[3]], p.trim, lw)
     pen.line([torso[7], torso[6]], p.trim, lw)
     if view == "front":
         v = [(hx - 0.04 * u, Y(0.165)), (hx, Y(0.225)), (hx + 0.04 * u, Y(0.165))]
-        pen.poly(v, skin)
-        pen.line(v, p.trim, lw)
+        pen.on("skin").poly(v, skin)
+        pen.on("jersey").line(v, p.trim, lw)
     elif view == "side":
         pen.line([(hx - 0.03 * u, Y(0.168)), (hx + 0.03 * u, Y(0.168))], p.trim, lw)
     else:
         pen.chord(hx, Y(0.14), Y(0.19), 0.045 * u, 0, 180, p.trim)
+        pen.on("number")
         for j in range(7):  # the name bar above the number on the back
             x0 = cx - 0.07 * u + j * 0.02 * u
             rect(x0, Y(0.215), x0 + 0.012 * u, Y(0.235), p.number_rgb)
@@ -299,6 +329,8 @@ def _draw_figure(p: Player, rng: np.random.Generator, canvas: tuple[int, int], c
     fig.paste(edge, box, ImageChops.multiply(out_m, jm))
     visible = ImageChops.multiply(fill_m, jm)
     fig.paste(p.number_rgb, box, visible)
+    if labels is not None:   # where the outline covers at least half a pixel
+        labels.paste(_PART["number"], box, ImageChops.multiply(out_m, jm).point(lambda v: 255 if v >= 128 else 0))
 
     over = Image.new("L", canvas, 0)  # what is drawn over the number: arms and hands
     pen.mask = ImageDraw.Draw(over)
@@ -308,7 +340,8 @@ def _draw_figure(p: Player, rng: np.random.Generator, canvas: tuple[int, int], c
     visible = ImageChops.multiply(visible, ImageChops.invert(over.crop(box)))
 
     # head, hair, headband, eyes
-    pen.ellipse(hx, hy, rx, ry, skin)
+    pen.on("skin").ellipse(hx, hy, rx, ry, skin)
+    pen.on("hair")
     if view == "back":
         if p.hair_style == "afro":
             pen.ellipse(hx, hy - ry * 0.33, rx * 1.45, ry * 1.03, hair)
@@ -325,9 +358,10 @@ def _draw_figure(p: Player, rng: np.random.Generator, canvas: tuple[int, int], c
     if p.hair_style == "bun":
         pen.ellipse(hx, hy - ry * 1.35, rx * 0.45, rx * 0.45, hair)
     if p.headband is not None:
-        pen.line([(hx - rx * 1.02, hy - ry * 0.32), (hx + rx * 1.02, hy - ry * 0.32)],
+        pen.on("accessory").line([(hx - rx * 1.02, hy - ry * 0.32), (hx + rx * 1.02, hy - ry * 0.32)],
                  SOCK_COLOURS[p.headband], 0.022 * u)
     if view == "front":
+        pen.on("skin")
         for ex in (-0.4, 0.4):
             pen.ellipse(hx + ex * rx, hy - 0.002 * u, 0.008 * u, 0.006 * u, (30, 22, 20))
     return fig, float(np.asarray(fill_m, np.float32).sum()), visible, box
@@ -339,7 +373,8 @@ def _random_view(rng: np.random.Generator) -> str:
 
 
 def render_player(player: Player, rng: np.random.Generator, size: tuple[int, int] = (64, 128),
-                  camera: int = 0, others: Sequence[Player] = (), return_info: bool = False):
+                  camera: int = 0, others: Sequence[Player] = (), return_info: bool = False,
+                  return_masks: bool = False):
     """Draw one crop of ``player`` as seen by ``camera``: an RGB ``PIL.Image`` of ``size`` (w, h).
 
     Random per call (from ``rng``): view (front 60 %, back 25 %, side 15 %), pose, lean,
@@ -356,9 +391,14 @@ def render_player(player: Player, rng: np.random.Generator, size: tuple[int, int
         camera: camera index >= 0 (0-3 have hand-picked colour casts).
         others: candidates for the occluding player (e.g. the same game's players).
         return_info: also return a :class:`RenderInfo`.
+        return_masks: also return the part mask: a ``uint8`` ``[h, w]`` array whose value at a
+            pixel indexes :data:`PARTS` (what is drawn there; at the 2x supersampled canvas the
+            majority label of the pixel's 4 samples, ties to the lower label). Drawing it uses
+            no random numbers: the image and ``rng``'s state are the same with or without it.
 
     Returns:
-        ``PIL.Image`` (mode RGB), or ``(image, RenderInfo)`` when ``return_info``.
+        ``PIL.Image`` (mode RGB); ``(image, RenderInfo)`` with ``return_info``; ``(image,
+        mask)`` with ``return_masks``; ``(image, RenderInfo, mask)`` with both.
 
     Raises:
         ValueError: if ``size`` or ``camera`` is out of range.
@@ -370,6 +410,9 @@ def render_player(player: Player, rng: np.random.Generator, size: tuple[int, int
         >>> im, info = render_player(p, np.random.default_rng(0), return_info=True)
         >>> im.mode, im.size, info.view in ("front", "back", "side")
         ('RGB', (64, 128), True)
+        >>> im2, mask = render_player(p, np.random.default_rng(0), return_masks=True)
+        >>> im2.tobytes() == im.tobytes(), mask.shape, PARTS[mask[64, 32]] != "background"
+        (True, (128, 64), True)
     """
     w, h = size
     if w < 16 or h < 16:
@@ -383,7 +426,8 @@ def render_player(player: Player, rng: np.random.Generator, size: tuple[int, int
     foot_y = ch * rng.uniform(0.965, 1.02)
     cx = cw / 2 + rng.uniform(-0.08, 0.08) * cw
     view = _random_view(rng)
-    fig, ink, visible, box = _draw_figure(player, rng, (cw, ch), cx, foot_y, u, view, rng.uniform(-8, 8))
+    labels = Image.new("L", (cw, ch), _PART["background"]) if return_masks else None
+    fig, ink, visible, box = _draw_figure(player, rng, (cw, ch), cx, foot_y, u, view, rng.uniform(-8, 8), labels)
 
     occluded = rng.random() < 0.35
     front_occ = None
@@ -397,9 +441,15 @@ def render_player(player: Player, rng: np.random.Generator, size: tuple[int, int
             front_occ = ofig
         else:
             fig = Image.alpha_composite(ofig, fig)
+            if labels is not None:   # the other player shows where this one draws nothing
+                behind = ImageChops.multiply(ofig.getchannel("A").point(lambda v: 255 if v >= 128 else 0),
+                                             labels.point(lambda v: 255 if v == _PART["background"] else 0))
+                labels.paste(_PART["other_player"], (0, 0), behind)
     if front_occ is not None:
         fig = Image.alpha_composite(fig, front_occ)
         visible = ImageChops.multiply(visible, ImageChops.invert(front_occ.getchannel("A").crop(box)))
+        if labels is not None:
+            labels.paste(_PART["other_player"], (0, 0), front_occ.getchannel("A").point(lambda v: 255 if v >= 128 else 0))
     fig = fig.reduce(_SS)
     court.paste(fig, (0, 0), fig)
 
@@ -412,9 +462,20 @@ def render_player(player: Player, rng: np.random.Generator, size: tuple[int, int
         number_box = tuple(int(min(max(v / _SS, 0), lim)) for v, lim in zip(bx, (w, h, w, h)))
 
     img = _degrade(court, rng, camera)
+    out: tuple = (img,)
     if return_info:
-        return img, RenderInfo(camera, view, bool(number_visible), number_box, bool(occluded))
-    return img
+        out += (RenderInfo(camera, view, bool(number_visible), number_box, bool(occluded)),)
+    if return_masks:
+        out += (_reduce_labels(np.asarray(labels), _SS),)
+    return out[0] if len(out) == 1 else out
+
+
+def _reduce_labels(labels: np.ndarray, k: int) -> np.ndarray:
+    """The ``[H/k, W/k]`` majority label of each ``k x k`` block of ``labels`` (ties: lower label)."""
+    h, w = labels.shape[0] // k, labels.shape[1] // k
+    blocks = labels[:h * k, :w * k].reshape(h, k, w, k)
+    counts = np.stack([(blocks == i).sum(axis=(1, 3)) for i in range(len(PARTS))])
+    return counts.argmax(0).astype(np.uint8)
 
 
 def _degrade(img: Image.Image, rng: np.random.Generator, camera: int) -> Image.Image:
