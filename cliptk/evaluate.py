@@ -1,6 +1,10 @@
 """Model-level evaluation: embed a dataset's query and gallery splits and score re-id; probe text.
 
 These glue :func:`cliptk.embed` to :mod:`cliptk.metrics`; the metric definitions live there.
+Two dataset rules are applied here, once: images that cannot be read (a dataset read with
+``on_error="skip"`` embeds them as NaN rows) are left out and counted
+(:meth:`ReIdDataset.without_unreadable`), and a dataset without camera ids is evaluated without
+camera filtering (:func:`cliptk.data.camids_for_evaluation`), said in one warning.
 """
 from __future__ import annotations
 
@@ -11,9 +15,9 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
-from .data import ReIdDataset
+from .data import ReIdDataset, camids_for_evaluation
 from .embed import embed, embed_texts
-from .metrics import ProbeResult, ReIdResult, classify_zero_shot, evaluate_reid
+from .metrics import ProbeResult, ReIdResult, classify_zero_shot, evaluate_reid, warn_no_cameras
 from .models import ClipModel
 
 __all__ = ["evaluate", "zero_shot_probe"]
@@ -25,10 +29,16 @@ def evaluate(model: ClipModel, dataset: ReIdDataset, *, query: str = "query", ga
     """Re-id mAP and CMC of ``model`` on ``dataset``'s query vs gallery splits.
 
     Embeds both splits (L2-normalised, optional flip averaging, optional cache) and calls
-    :func:`cliptk.metrics.evaluate_reid` with the datasets' pids and camids.
+    :func:`cliptk.metrics.evaluate_reid` with the datasets' pids and camids. Rows of images that
+    cannot be read (``on_error="skip"`` datasets) are left out, with one warning per split and
+    the total in ``result.n_unreadable``. Without camera ids (``dataset.has_cameras`` false) no
+    camera filtering is done: every gallery image of a query's identity is a true match except
+    the query image itself; one warning says so.
 
     Raises:
         KeyError: a split is missing (the message lists the available ones).
+        ValueError: the model produced a NaN/inf embedding for an image that reads fine (the
+            message names the file), or a split has no readable image left.
 
     Example:
         >>> evaluate(ct.load_model(), ct.read_dataset(root))   # doctest: +SKIP
@@ -37,7 +47,35 @@ def evaluate(model: ClipModel, dataset: ReIdDataset, *, query: str = "query", ga
     q, g = dataset.subset(query), dataset.subset(gallery)
     kw = dict(batch_size=batch_size, flip=flip, cache_dir=cache_dir, progress=progress)
     qf, gf = embed(model, q, **kw), embed(model, g, **kw)
-    return evaluate_reid(qf, gf, q.pids, g.pids, q.camids, g.camids, rerank=rerank)
+    n_before = len(q) + len(g)
+    q, qf = _readable(q, qf, query)
+    g, gf = _readable(g, gf, gallery)
+    qc, gc, cameras_known = camids_for_evaluation(q, g)
+    if not cameras_known:
+        warn_no_cameras(dataset.name, len(q))
+    res = evaluate_reid(qf, gf, q.pids, g.pids, qc, gc, rerank=rerank)
+    res.n_unreadable = n_before - len(q) - len(g)
+    return res
+
+
+def _readable(ds: ReIdDataset, emb, split: str):
+    """``ds`` and ``emb`` without the rows of unreadable images; a NaN row of a readable image is
+    the model's, and the error names its file."""
+    ds, emb = ds.without_unreadable(emb)
+    if not len(ds):
+        raise ValueError(f"{ds.name}: no readable image left in split {split!r}; every file failed to load "
+                         "(see the warning above for the first one)")
+    if isinstance(emb, torch.Tensor):
+        finite = torch.isfinite(emb.reshape(len(emb), -1)).all(dim=1).cpu().numpy()
+    else:
+        finite = np.isfinite(np.asarray(emb).reshape(len(emb), -1)).all(axis=1)
+    bad = np.flatnonzero(~finite)
+    if len(bad):
+        path = ds.root / ds.table["path"].iat[int(bad[0])]
+        raise ValueError(f"{ds.name}: the model gave a NaN/inf embedding for {path} ({split} row {int(bad[0])}; "
+                         f"{len(bad)} such row(s)), although the image reads fine; check the model's weights "
+                         "and precision (unreadable images are left out, not blamed on the model)")
+    return ds, emb
 
 
 def zero_shot_probe(model: ClipModel, dataset: ReIdDataset, column: str, prompts: dict | Sequence[str], *,
@@ -60,6 +98,8 @@ def zero_shot_probe(model: ClipModel, dataset: ReIdDataset, column: str, prompts
     """
     if column not in dataset.table.columns:
         raise KeyError(f"{dataset.name} has no column {column!r}; columns: {list(dataset.table.columns)}")
+    img = embed(model, dataset, batch_size=batch_size, cache_dir=cache_dir, progress=progress)
+    dataset, img = _readable(dataset, img, "dataset")
     values = dataset.table[column]
     keep = values.notna().to_numpy()
     if not isinstance(prompts, dict):
@@ -76,5 +116,4 @@ def zero_shot_probe(model: ClipModel, dataset: ReIdDataset, column: str, prompts
         t = embed_texts(model, [p] if isinstance(p, str) else list(p))
         text.append(F.normalize(t.mean(0), dim=-1))
     text_emb = torch.stack(text)
-    img = embed(model, dataset, batch_size=batch_size, cache_dir=cache_dir, progress=progress)
     return classify_zero_shot(img, text_emb, labels, class_names=[str(c) for c in classes])

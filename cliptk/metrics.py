@@ -17,7 +17,9 @@ One module on purpose, although it is over 600 lines: it is one concept, *how go
 embedding*, and its three groups share the same input contract (rows checked and L2-normalised
 by :func:`cliptk._util.unit_rows`, the same error messages), the same result style and the same
 blocked-memory bound; most of its length is the k-reciprocal re-ranking, which only
-:func:`evaluate_reid` uses. Splitting it would scatter one small API over several files.
+:func:`evaluate_reid` uses. Splitting it would scatter one small API over several files. The
+compiled ranking kernels (counting ranks without sorting, exact top-k) live in
+:mod:`cliptk.ranking_kernels`.
 
 Example:
     >>> import numpy as np
@@ -33,6 +35,7 @@ Example:
 from __future__ import annotations
 
 import html
+import warnings
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 from typing import Any
@@ -45,12 +48,14 @@ from sklearn.metrics import confusion_matrix
 from sklearn.neighbors import NearestNeighbors
 
 from ._util import as_rows, to_numpy, unit_rows
+from .ranking_kernels import _pid_groups, distance_chunks, match_ranks, protocol_codes, row_chunks, top_k_smallest
 
 __all__ = [
     "ReIdResult",
     "ProbeResult",
     "evaluate_reid",
     "rerank_k_reciprocal",
+    "RERANK_MAX_IMAGES",
     "classify_zero_shot",
     "knn_accuracy",
     "neighbourhood_overlap",
@@ -62,9 +67,12 @@ __all__ = [
 
 ArrayLike = Any  # torch.Tensor | np.ndarray | sequence
 
-# Bound on the number of elements of one temporary (rows x gallery) block, so that evaluation of a
-# large query set does not hold a full query x gallery argsort in memory.
+# Bound on the number of elements of one temporary (rows x columns) block (uniformity).
 _BLOCK_ELEMENTS = 1 << 22
+
+#: Largest ``n_queries + n_gallery`` that :func:`rerank_k_reciprocal` accepts: it needs the pooled
+#: ``n x n`` float32 distance matrix (1.5 GiB at 20,000 images) and one Python pass per image.
+RERANK_MAX_IMAGES = 20_000
 
 
 # --------------------------------------------------------------------------------------------------
@@ -125,6 +133,8 @@ class ReIdResult:
         reranked: whether k-reciprocal re-ranking was applied.
         distances: the ``(n_queries, n_gallery)`` distance matrix that was ranked, only when
             asked for with ``return_distances=True``; otherwise ``None``.
+        n_unreadable: images left out before evaluation because they cannot be read (set by
+            :func:`cliptk.evaluate` for ``on_error="skip"`` datasets; 0 here).
     """
 
     mAP: float
@@ -135,6 +145,7 @@ class ReIdResult:
     n_skipped: int
     reranked: bool = False
     distances: np.ndarray | None = field(default=None)
+    n_unreadable: int = 0
 
     def to_dict(self) -> dict[str, float | int | bool]:
         """Flat scalar summary for logging: ``mAP``, ``rank1``, ``rank5`` ..., counts, flag."""
@@ -145,7 +156,10 @@ class ReIdResult:
 
     def _rows(self) -> list[tuple[str, str]]:
         n_eval = self.n_queries - self.n_skipped
-        rows = [("queries", f"{n_eval} evaluated, {self.n_skipped} skipped"), ("mAP", _fmt(self.mAP))]
+        rows = [("queries", f"{n_eval} evaluated, {self.n_skipped} skipped")]
+        if self.n_unreadable:
+            rows.append(("unreadable images", f"{self.n_unreadable} left out"))
+        rows.append(("mAP", _fmt(self.mAP)))
         rows += [(f"rank-{r}", _fmt(v)) for r, v in self.cmc.items()]
         return rows
 
@@ -186,18 +200,30 @@ def evaluate_reid(
     *and* the same camera are removed (they are the "same shot", not a re-identification); a query
     with no correct match left is skipped and counted in ``n_skipped``. Average precision is
     computed over the whole remaining gallery, and CMC counts the rank of the first correct match.
-    Ties in distance keep gallery order (stable sort), so results are deterministic.
+    Ties in distance keep gallery order (as a stable sort), so results are deterministic.
+
+    Unknown cameras: a camid of ``-1`` means the camera is not known. A query with camid -1 gets
+    no camera filtering (every gallery image of its identity is a true match; one warning says
+    how many such queries there are); a gallery image with camid -1 is never removed.
+
+    Scale: the distances are computed in query chunks (:mod:`cliptk.ranking_kernels`) and each
+    query's AP and first match come from counting, for each of its true matches, the gallery
+    items ranked before it; no row is sorted and the full ``n_q x n_g`` matrix is never held
+    (unless ``return_distances`` or ``rerank`` asks for it). Memory: the embeddings plus one
+    chunk of ``ranking_kernels.CHUNK_ELEMENTS`` distances.
 
     Args:
         query_emb: ``(n_q, d)`` query embeddings (tensor or array).
         gallery_emb: ``(n_g, d)`` gallery embeddings.
         query_pids: ``(n_q,)`` identity labels (ints or strings).
         gallery_pids: ``(n_g,)`` identity labels.
-        query_camids: ``(n_q,)`` camera ids, or ``None`` (= every query-gallery pair is from
-            different cameras, nothing is removed). Give both camid arrays or neither.
+        query_camids: ``(n_q,)`` camera ids (``-1`` = unknown), or ``None`` (= every
+            query-gallery pair is from different cameras, nothing is removed). Give both camid
+            arrays or neither.
         gallery_camids: ``(n_g,)`` camera ids, or ``None``.
         ranks: CMC ranks to report (1-based).
-        rerank: apply :func:`rerank_k_reciprocal` (needs the full (n_q+n_g)^2 distance matrix).
+        rerank: apply :func:`rerank_k_reciprocal` (needs the full (n_q+n_g)^2 distance matrix;
+            refused above :data:`RERANK_MAX_IMAGES` images).
         k1, k2, lambda_value: re-ranking parameters, see :func:`rerank_k_reciprocal`.
         return_distances: keep the ranked ``(n_q, n_g)`` distance matrix in the result.
 
@@ -206,7 +232,8 @@ def evaluate_reid(
 
     Raises:
         ValueError: on mismatched shapes or dimensions, an all-zero embedding, only one of the two
-            camid arrays, a non-positive rank, or when no query has a valid gallery match.
+            camid arrays, a non-positive rank, ``rerank`` on more than
+            :data:`RERANK_MAX_IMAGES` images, or when no query has a valid gallery match.
 
     Example:
         >>> import numpy as np
@@ -236,6 +263,11 @@ def evaluate_reid(
     ranks = tuple(int(r) for r in ranks)
     if any(r < 1 for r in ranks):
         raise ValueError(f"ranks must be positive (1-based), got {ranks}")
+    if rerank:
+        _check_rerank_size(nq, ng)
+    qcode, gcode, qcam, gcam = protocol_codes(qp, gp, qc, gc)
+    if qc is not None:
+        _warn_unknown_query_cameras(int((qcam < 0).sum()), nq)
 
     dist: np.ndarray | None = None
     if rerank:
@@ -248,28 +280,22 @@ def evaluate_reid(
             lambda_value=lambda_value,
         )
     elif return_distances:
-        dist = _cosine_distance(q, g)
+        dist = np.empty((nq, ng), dtype=np.result_type(q.dtype, g.dtype))
+        for s, e, block in distance_chunks(q, g):
+            dist[s:e] = block
 
     ap = np.full(nq, np.nan)
     first = np.full(nq, -1, dtype=np.int64)
-    step = max(1, _BLOCK_ELEMENTS // ng)
-    for s in range(0, nq, step):
-        e = min(nq, s + step)
-        block = dist[s:e] if dist is not None else _cosine_distance(q[s:e], g)
-        order = np.argsort(block, axis=1, kind="stable")
-        same_pid = gp[order] == qp[s:e, None]
-        if qc is None:
-            keep = np.ones_like(same_pid)
-        else:
-            keep = ~(same_pid & (gc[order] == qc[s:e, None]))
-        hits = same_pid & keep
-        pos = np.cumsum(keep, axis=1)  # 1-based rank among the kept gallery items
-        n_rel = hits.sum(axis=1)
-        valid = n_rel > 0
-        precision_at_hits = np.where(hits, np.cumsum(hits, axis=1) / np.maximum(pos, 1), 0.0)
-        ap[s:e][valid] = precision_at_hits.sum(axis=1)[valid] / n_rel[valid]
-        first_pos = pos[np.arange(e - s), hits.argmax(axis=1)]
-        first[s:e][valid] = first_pos[valid]
+    groups = _pid_groups(qcode, gcode)
+    chunks = (
+        distance_chunks(q, g)
+        if dist is None
+        else ((s, e, dist[s:e]) for s, e in row_chunks(nq, ng))
+    )
+    for s, e, block in chunks:
+        ap[s:e], first[s:e] = match_ranks(
+            block, np.arange(s, e), qcode, qcam, gcode, gcam, groups
+        )
 
     n_valid = int((first > 0).sum())
     if n_valid == 0:
@@ -289,6 +315,41 @@ def evaluate_reid(
         reranked=rerank,
         distances=dist if return_distances else None,
     )
+
+
+def _warn_unknown_query_cameras(n_unknown: int, n_queries: int) -> None:
+    """The one warning of the camera rule for queries whose camid is -1 (unknown)."""
+    if n_unknown:
+        warnings.warn(
+            f"{n_unknown} of {n_queries} queries have an unknown camera (camid -1): no camera "
+            "filtering for them, every gallery image of their identity counts as a true match; "
+            "give camids to drop same-camera shots",
+            UserWarning,
+            stacklevel=3,
+        )
+
+
+def warn_no_cameras(where: str, n_queries: int) -> None:
+    """The one warning for a dataset without camera ids (see ``data.camids_for_evaluation``)."""
+    warnings.warn(
+        f"{where}: cameras unknown, so no camera filtering for the {n_queries} queries: every "
+        "gallery image of the query's identity is a true match, except the query image itself",
+        UserWarning,
+        stacklevel=3,
+    )
+
+
+def _check_rerank_size(nq: int, ng: int) -> None:
+    n = nq + ng
+    if n > RERANK_MAX_IMAGES:
+        gib = 4 * n * n / 2**30
+        raise ValueError(
+            f"rerank=True pools the {nq} queries and {ng} gallery images into one {n} x {n} "
+            f"distance matrix ({gib:.1f} GiB in float32, and a pass over every row of it); "
+            f"k-reciprocal re-ranking is practical up to {RERANK_MAX_IMAGES} images. Evaluate "
+            "with rerank=False, re-rank a subset (fewer queries, a gallery sample), or raise "
+            "cliptk.metrics.RERANK_MAX_IMAGES if the memory and time are there"
+        )
 
 
 def _k_reciprocal(rank: np.ndarray, k: int) -> list[np.ndarray]:
@@ -326,7 +387,10 @@ def rerank_k_reciprocal(
     Distances are used as given (cosine distance, or squared Euclidean as the authors do; for
     L2-normalised features these two rank identically and coincide after row normalisation).
     ``V`` is kept sparse, so memory is dominated by the pooled ``n x n`` float32 distance
-    (``4 n²`` bytes: 100 MB for 5000 images) plus the ``n_q x n_g`` result.
+    (``4 n²`` bytes: 100 MB for 5000 images) plus the ``n_q x n_g`` result. The neighbour lists
+    come from an exact top-k (:func:`cliptk.ranking_kernels.top_k_smallest`), but the Jaccard
+    step still loops over the images in Python, so sizes above :data:`RERANK_MAX_IMAGES`
+    (``n_q + n_g``) are refused with an error naming the sizes.
 
     Args:
         q_g_dist: ``(n_q, n_g)`` query-gallery distances (non-negative).
@@ -340,7 +404,8 @@ def rerank_k_reciprocal(
         ``(n_q, n_g)`` float32 re-ranked distances.
 
     Raises:
-        ValueError: on inconsistent shapes, ``k1 < 1``, ``k2 < 1`` or ``lambda_value`` outside [0, 1].
+        ValueError: on inconsistent shapes, ``k1 < 1``, ``k2 < 1``, ``lambda_value`` outside
+            [0, 1], or more than :data:`RERANK_MAX_IMAGES` images in all.
 
     Example:
         >>> import numpy as np
@@ -365,6 +430,7 @@ def rerank_k_reciprocal(
     if not 0.0 <= lambda_value <= 1.0:
         raise ValueError(f"lambda_value must be in [0, 1], got {lambda_value}")
 
+    _check_rerank_size(nq, ng)
     n = nq + ng
     dist = np.empty((n, n), dtype=np.float32)
     dist[:nq, :nq] = qq
@@ -378,10 +444,7 @@ def rerank_k_reciprocal(
     k1, k2 = min(k1, n - 1), min(k2, n)
     k_half = min(int(round(k1 / 2)), n - 1)
     n_keep = min(n, max(k1 + 1, k2))
-    rank = np.empty((n, n_keep), dtype=np.int64)
-    step = max(1, _BLOCK_ELEMENTS // n)
-    for s in range(0, n, step):
-        rank[s : s + step] = np.argsort(dist[s : s + step], axis=1, kind="stable")[:, :n_keep]
+    rank = top_k_smallest(dist, n_keep)  # = the first n_keep of a stable argsort of each row
 
     r_full = _k_reciprocal(rank, k1)
     r_half = [set(r.tolist()) for r in _k_reciprocal(rank, k_half)]

@@ -19,7 +19,9 @@ import pytest
 from PIL import Image
 from sklearn.metrics import roc_curve
 
-from cliptk.data import read_deepsportradar
+from cliptk import ranking_kernels as RK
+from cliptk.data import ReIdDataset, read_deepsportradar
+from cliptk.diagnose import audit
 from cliptk.diagnose import (COLOURS, ap_breakdown, confused_pairs, find_leaks, label_noise_suspects, plot_ranked,
                              plot_similarity_hist, pos_neg_similarities, rank_gallery, similarity_threshold,
                              table_html, worst_queries_html)
@@ -110,6 +112,63 @@ def test_top_k_keeps_k_ranked_items_and_junk_between(world):
         assert t["rank"].dropna().tolist() == [1, 2, 3, 4]
         assert t.equals(full.iloc[: len(t)].reset_index(drop=True))  # a prefix of the ranking
         assert (r.top_k(qi, 4, include_junk=False)["status"] != "junk").all()
+
+
+def exact_rows(rng, n):
+    """Unit rows whose dot products are exact in floating point (components 0, +-1/2, +-1), so
+    that every tie is a true tie whatever the BLAS blocking: +-e_i and the 16 (+-1/2, ...)."""
+    signs = np.array(np.meshgrid(*[[-0.5, 0.5]] * 4)).reshape(4, -1).T
+    pool = np.concatenate([np.eye(4), -np.eye(4), signs])
+    return pool[rng.integers(0, len(pool), n)]
+
+
+def test_ranking_in_small_chunks_equals_the_full_matrix(world, monkeypatch):
+    """Rows computed lazily chunk by chunk, top-k by partitioning and nearest() by the heap kernel
+    equal the brute-force stable sort of the full matrix, on data full of exact ties."""
+    rng = np.random.default_rng(1)
+    q, g = exact_rows(rng, 9), exact_rows(rng, 30)
+    qp, gp, qc, gc = rng.integers(0, 3, 9), rng.integers(0, 3, 30), rng.integers(0, 2, 9), rng.integers(0, 2, 30)
+    monkeypatch.setattr(RK, "CHUNK_ELEMENTS", 2 * 30)  # two queries per chunk
+    r = rank_gallery(q, g, qp, gp, query_camids=qc, gallery_camids=gc)
+    full = 1 - q @ g.T
+    ref_order = np.argsort(full, axis=1, kind="stable")
+    np.testing.assert_array_equal(r.distances, full)
+    for qi in range(9):  # the sorting reference of the AP / first match
+        kept = ~((gp == qp[qi]) & (gc == qc[qi]))
+        hits = (gp[ref_order[qi]] == qp[qi])[kept[ref_order[qi]]]
+        ranks = np.flatnonzero(hits) + 1
+        assert r.first_match[qi] == (ranks[0] if len(ranks) else -1)
+        if len(ranks):
+            assert r.ap[qi] == pytest.approx(np.mean(np.arange(1, len(ranks) + 1) / ranks), abs=1e-15)
+    np.testing.assert_array_equal(r.nearest(5), ref_order[:, :5])
+    for qi in range(9):
+        t = r.ranked(qi)
+        assert t["gallery_index"].tolist() == ref_order[qi].tolist()
+        if r.first_match[qi] > 0:
+            assert t["rank"][t["status"] == "match"].iloc[0] == r.first_match[qi]
+        for k in (1, 3, 30):
+            assert r.top_k(qi, k).equals(t.iloc[: len(r.top_k(qi, k))].reset_index(drop=True))
+            assert r.top_k(qi, k)["rank"].dropna().tolist() == list(range(1, min(k, t["rank"].max()) + 1))
+    np.testing.assert_array_equal(r.junk_mask(), (qp[:, None] == gp) & (qc[:, None] == gc))
+
+
+def test_rank_gallery_unknown_cameras(tmp_path):
+    # datasets without cameras: no camera filtering, only the query's own image is junk
+    t = pd.DataFrame({"path": ["a.png", "b.png", "c.png"], "pid": [1, 1, 2]})
+    q_ds = ReIdDataset(tmp_path, t.iloc[:1], name="toy")
+    g_ds = ReIdDataset(tmp_path, t)
+    q, g = np.array([[1.0, 0.0]]), np.array([[1.0, 0.0], [0.8, 0.6], [0.9, 0.1]])
+    with pytest.warns(UserWarning, match="toy: cameras unknown") as rec:
+        r = rank_gallery(q, g, q_ds, g_ds)
+    assert sum("camera" in str(w.message) for w in rec) == 1
+    assert r.ranked(0)["status"].tolist() == ["junk", "wrong", "match"]
+    assert r.ranked(0)["camid"].tolist() == [-1, -1, -1]  # shown as the dataset has them
+    assert r.first_match.tolist() == [2] and r.ap[0] == pytest.approx(0.5)
+    # camid -1 given per query: no filtering for that query, the same rule as evaluate_reid
+    with pytest.warns(UserWarning, match="1 of 1 queries have an unknown camera"):
+        r = rank_gallery(q, g, [1], [1, 1, 2], query_camids=[-1], gallery_camids=[0, 0, 0])
+    assert r.ranked(0)["status"].tolist() == ["match", "wrong", "match"] and r.first_match.tolist() == [1]
+    assert not r.junk_mask().any()
 
 
 def test_worst_queries_put_the_look_alikes_first(world):
@@ -279,6 +338,34 @@ def test_find_leaks_within_one_set(world):
     ref = {(i, j) for i in range(len(x)) for j in range(i + 1, len(x)) if sim[i, j] >= 0.9}
     assert set(zip(t["index_a"], t["index_b"])) == ref
     assert (t["index_a"] < t["index_b"]).all()
+
+
+def _brute_leaks(a, b, threshold):
+    sim = a @ (a if b is None else b).T
+    rows = [(i, j, sim[i, j]) for i in range(sim.shape[0]) for j in range(sim.shape[1])
+            if sim[i, j] >= threshold and (b is not None or j > i)]
+    return sorted(rows, key=lambda r: (-r[2], r[0], r[1]))
+
+
+@pytest.mark.parametrize("within", [False, True])
+def test_find_leaks_chunked_and_pruned_equals_brute_force(world, monkeypatch, within):
+    rng = np.random.default_rng(2)
+    a = exact_rows(rng, 40)  # many exact ties in similarity
+    b = None if within else exact_rows(rng, 25)
+    monkeypatch.setattr(RK, "CHUNK_ELEMENTS", 3 * 40)  # a few rows per chunk
+    monkeypatch.setattr(audit, "_BLOCK_ELEMENTS", 8)  # prune the candidates often
+    for max_pairs in (1, 5, 17, None):
+        t = find_leaks(a, b, 0.2, max_pairs=max_pairs)
+        ref = _brute_leaks(a, b, 0.2)[:max_pairs]
+        assert list(zip(t["index_a"], t["index_b"])) == [(i, j) for i, j, _ in ref]
+        np.testing.assert_array_equal(t["similarity"], [v for _, _, v in ref])
+
+
+def test_label_noise_suspects_chunked(world, monkeypatch):
+    x, p = world["train"], world["train_pids"]
+    ref = label_noise_suspects(x, p, include_all=True)
+    monkeypatch.setattr(RK, "CHUNK_ELEMENTS", 5)
+    pd.testing.assert_frame_equal(label_noise_suspects(x, p, include_all=True), ref)
 
 
 def test_label_noise_suspects_finds_the_mislabelled_image(world):

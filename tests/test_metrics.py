@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import math
+import warnings
 
 import numpy as np
 import pytest
@@ -17,6 +18,7 @@ from sklearn.metrics import (
 from sklearn.neighbors import KNeighborsClassifier
 
 from cliptk import metrics as M
+from cliptk import ranking_kernels as RK
 
 
 def _unit(x: np.ndarray) -> np.ndarray:
@@ -52,6 +54,44 @@ def _reference_reid(q, g, qp, gp, qc, gc, dist=None):
     return np.array(aps), np.array(firsts)
 
 
+def _sorting_reid(q, g, qp, gp, qc, gc, block_elements=1 << 22):
+    """The previous implementation of evaluate_reid (commit 7933ab6), kept as the reference:
+    a stable argsort of every row, torchreid's rule, AP from cumulative sums (camid -1 had no
+    special meaning there, so compare on camids >= 0 only)."""
+    dtype = np.float64 if q.dtype == np.float64 else np.float32
+    q = q.astype(dtype) / np.linalg.norm(q.astype(dtype), axis=1, keepdims=True)
+    g = g.astype(dtype) / np.linalg.norm(g.astype(dtype), axis=1, keepdims=True)
+    nq, ng = q.shape[0], g.shape[0]
+    ap = np.full(nq, np.nan)
+    first = np.full(nq, -1, dtype=np.int64)
+    step = max(1, block_elements // ng)
+    for s in range(0, nq, step):
+        e = min(nq, s + step)
+        order = np.argsort(1.0 - q[s:e] @ g.T, axis=1, kind="stable")
+        same_pid = gp[order] == qp[s:e, None]
+        keep = np.ones_like(same_pid) if qc is None else ~(same_pid & (gc[order] == qc[s:e, None]))
+        hits = same_pid & keep
+        pos = np.cumsum(keep, axis=1)
+        n_rel = hits.sum(axis=1)
+        valid = n_rel > 0
+        precision_at_hits = np.where(hits, np.cumsum(hits, axis=1) / np.maximum(pos, 1), 0.0)
+        ap[s:e][valid] = precision_at_hits.sum(axis=1)[valid] / n_rel[valid]
+        first[s:e][valid] = pos[np.arange(e - s), hits.argmax(axis=1)][valid]
+    return ap, first
+
+
+def _tied_reid(seed: int, dtype):
+    """Small integer embeddings: many exact distance ties, between matches, junk and wrong items."""
+    rng = np.random.default_rng(seed)
+    nq, ng = int(rng.integers(1, 30)), int(rng.integers(1, 120))
+    q = rng.integers(-1, 2, (nq, 3)).astype(dtype)
+    g = rng.integers(-1, 2, (ng, 3)).astype(dtype)
+    q[~q.any(axis=1), 0] = 1
+    g[~g.any(axis=1), 0] = 1
+    n_ids = int(rng.integers(1, 6))
+    return q, g, rng.integers(0, n_ids, nq), rng.integers(0, n_ids, ng), rng.integers(0, 3, nq), rng.integers(0, 3, ng)
+
+
 # ------------------------------------------------------------------------------------- re-id
 
 
@@ -75,16 +115,92 @@ def test_evaluate_reid_matches_sklearn_ap_and_bruteforce_cmc(seed, with_cams):
 
 def test_evaluate_reid_torch_input_and_blocking(monkeypatch):
     q, g, qp, gp, qc, gc = _random_reid(3, nq=20)
-    full = M.evaluate_reid(q, g, qp, gp, qc, gc)
+    full = M.evaluate_reid(q, g, qp, gp, qc, gc, return_distances=True)
     qb = torch.tensor(q).bfloat16()  # half-precision tensors are upcast, not rejected
     t = [torch.tensor(a) for a in (g, qp, gp, qc, gc)]
     via_torch = M.evaluate_reid(qb, *t)
     via_numpy = M.evaluate_reid(qb.float().numpy(), g, qp, gp, qc, gc)
     np.testing.assert_allclose(via_torch.ap, via_numpy.ap, equal_nan=True)
-    monkeypatch.setattr(M, "_BLOCK_ELEMENTS", 3 * g.shape[0])  # 3 queries per block
-    blocked = M.evaluate_reid(q, g, qp, gp, qc, gc)
-    np.testing.assert_allclose(blocked.ap, full.ap, equal_nan=True)
+    monkeypatch.setattr(RK, "CHUNK_ELEMENTS", 3 * g.shape[0])  # 3 queries per chunk
+    blocked = M.evaluate_reid(q, g, qp, gp, qc, gc, return_distances=True)
+    np.testing.assert_array_equal(blocked.ap, full.ap)
     np.testing.assert_array_equal(blocked.first_match, full.first_match)
+    # BLAS may round a product differently for another chunk shape: last bit only
+    np.testing.assert_allclose(blocked.distances, full.distances, rtol=0, atol=1e-15)
+
+
+@pytest.mark.parametrize("seed", range(12))
+@pytest.mark.parametrize("dtype", [np.float32, np.float64])
+def test_counting_kernel_equals_the_sorting_implementation(seed, dtype, monkeypatch):
+    """Identical first-match ranks and AP within 1e-12 of the previous (argsort) implementation,
+    on random and on heavily tied data, with and without cameras, in one chunk and in many.
+    (The reference uses the same row blocks: BLAS may round a product differently for another
+    block shape, and on tied data that last bit decides the order.)"""
+    cases = [_random_reid(seed, nq=15, ng=60), _tied_reid(seed, dtype)]
+    for chunk in (RK.CHUNK_ELEMENTS, 7, 250):
+        monkeypatch.setattr(RK, "CHUNK_ELEMENTS", chunk)
+        for q, g, qp, gp, qc, gc in cases:
+            q, g = q.astype(dtype), g.astype(dtype)
+            for cams in ((None, None), (qc, gc)):
+                ref_ap, ref_first = _sorting_reid(q, g, qp, gp, *cams, block_elements=chunk)
+                if not (ref_first > 0).any():
+                    with pytest.raises(ValueError, match="none of the"):
+                        M.evaluate_reid(q, g, qp, gp, *cams)
+                    continue
+                res = M.evaluate_reid(q, g, qp, gp, *cams)
+                np.testing.assert_array_equal(res.first_match, ref_first)
+                np.testing.assert_array_equal(np.isnan(res.ap), np.isnan(ref_ap))
+                assert np.nanmax(np.abs(res.ap - ref_ap)) <= 1e-12
+                assert abs(res.mAP - np.nanmean(ref_ap)) <= 1e-12
+
+
+def test_ties_between_junk_matches_and_wrong_items():
+    # every gallery item at the same distance: the stable order is gallery order
+    q = np.array([[1.0, 0.0]])
+    g = np.tile([[0.0, 1.0]], (6, 1))
+    gp = np.array([0, 1, 0, 0, 1, 0])
+    gc = np.array([0, 0, 1, 0, 1, 1])  # items 0 and 3 are junk (pid 0, camera 0)
+    res = M.evaluate_reid(q, g, [0], gp, [0], gc)
+    # kept in order: 1 (wrong), 2 (match), 4 (wrong), 5 (match) -> ranks 2 and 4
+    assert res.first_match.tolist() == [2]
+    assert res.ap[0] == pytest.approx((1 / 2 + 2 / 4) / 2, abs=1e-15)
+
+
+def test_unknown_query_camera_means_no_camera_filtering():
+    q = np.array([[1.0, 0.0], [1.0, 0.0]])
+    g = np.array([[1.0, 0.05], [1.0, 0.5], [1.0, 1.0]])
+    gp, gc = np.array([0, 1, 0]), np.array([0, 1, 0])
+    with pytest.warns(UserWarning, match=r"1 of 2 queries have an unknown camera \(camid -1\)") as rec:
+        res = M.evaluate_reid(q, g, [0, 0], gp, [-1, 0], gc)
+    assert len([w for w in rec if "unknown camera" in str(w.message)]) == 1  # said once
+    # query 0 (camera unknown): both pid-0 items are true matches, ranks 1 and 3
+    assert res.first_match.tolist() == [1, -1] and res.ap[0] == pytest.approx((1 + 2 / 3) / 2)
+    # query 1 (camera 0): both pid-0 items share its camera -> junk, skipped
+    assert res.n_skipped == 1
+    # a gallery image of unknown camera is never junk; known cameras: no warning
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        res = M.evaluate_reid(q[:1], g, [0], gp, [0], [-1, 1, 0])
+    assert res.first_match.tolist() == [1] and res.ap[0] == pytest.approx(1.0)
+
+
+def test_top_k_smallest_and_prefix_equal_a_stable_argsort():
+    rng = np.random.default_rng(0)
+    for dtype in (np.float32, np.float64):
+        block = rng.integers(0, 5, (7, 40)).astype(dtype)  # many ties
+        ref = np.argsort(block, axis=1, kind="stable")
+        for k in (1, 3, 10, 40, 50):
+            np.testing.assert_array_equal(RK.top_k_smallest(block, k), ref[:, :k])
+            for r in range(len(block)):
+                np.testing.assert_array_equal(RK.smallest_prefix(block[r], k), ref[r, :k])
+    assert RK.top_k_smallest(np.zeros((2, 3)), 0).shape == (2, 0)
+
+
+def test_protocol_codes_and_chunks():
+    qc, gc, qk, gk = RK.protocol_codes([5, 7], [7, 9, 5], [2, -1], [-1, 2, 2])
+    assert (qc.tolist(), gc.tolist(), qk.tolist(), gk.tolist()) == ([0, 1], [1, 2, 0], [0, -1], [-1, 0, 0])
+    assert RK.protocol_codes(["a"], ["a"], None, None)[2].tolist() == [-1]
+    assert list(RK.row_chunks(3, 10 * RK.CHUNK_ELEMENTS)) == [(0, 1), (1, 2), (2, 3)]  # at least one row
 
 
 def test_camera_rule_hand_case():
@@ -219,12 +335,18 @@ def test_evaluate_reid_rerank_uses_rerank_and_helps_on_clustered_gallery():
     assert rr.mAP > plain.mAP + 0.05
 
 
-def test_rerank_errors():
+def test_rerank_errors(monkeypatch):
     z = np.zeros
     with pytest.raises(ValueError, match="g_g_dist"):
         M.rerank_k_reciprocal(z((2, 3)), z((2, 2)), z((2, 2)))
     with pytest.raises(ValueError, match="lambda_value"):
         M.rerank_k_reciprocal(z((2, 3)), z((2, 2)), z((3, 3)), lambda_value=2)
+    monkeypatch.setattr(M, "RERANK_MAX_IMAGES", 4)
+    msg = r"pools the 2 queries and 3 gallery images into one 5 x 5 .*practical up to 4 images.*rerank=False"
+    with pytest.raises(ValueError, match=msg):
+        M.rerank_k_reciprocal(z((2, 3)), z((2, 2)), z((3, 3)))
+    with pytest.raises(ValueError, match=msg):  # refused before any matrix is built
+        M.evaluate_reid(np.eye(2), np.eye(3)[:, :2] + 0.1, [0, 1], [0, 1, 1], rerank=True)
 
 
 # ------------------------------------------------------------------------------ zero-shot probe
@@ -377,3 +499,67 @@ def test_modality_gap():
     rng = np.random.default_rng(0)
     a, b = rng.normal(size=(20, 6)), rng.normal(size=(7, 6)) + 2
     assert M.modality_gap(a, b) == pytest.approx(np.linalg.norm(_unit(a).mean(0) - _unit(b).mean(0)))
+
+
+# ------------------------------------------------------------------- evaluate (model + dataset)
+
+
+def _tiny_dataset(root, bad: str | None = None, on_error: str = "skip"):
+    """3 identities x 3 PNG images (identity = colour), first image of each the query; no cameras."""
+    from PIL import Image
+
+    from cliptk.data import ReIdDataset
+
+    rows = []
+    for pid, colour in enumerate([(200, 30, 30), (30, 200, 30), (30, 30, 200)]):
+        for k in range(3):
+            name = f"{pid}_{k}.png"
+            Image.new("RGB", (16, 32), tuple(c + 15 * k for c in colour)).save(root / name)
+            rows.append({"path": name, "pid": pid, "split": "query" if k == 0 else "gallery"})
+    if bad:
+        (root / bad).write_bytes(b"this is not a png")
+    import pandas as pd
+
+    return ReIdDataset(root, pd.DataFrame(rows), name="tiny", on_error=on_error)
+
+
+def test_evaluate_leaves_unreadable_images_out_and_says_so(micro_model, tmp_path):
+    import cliptk as ct
+    from cliptk.data import camids_for_evaluation
+
+    ds = _tiny_dataset(tmp_path, bad="1_2.png")
+    with pytest.warns(UserWarning) as rec:
+        res = ct.evaluate(micro_model, ds, progress=False)
+    messages = [str(w.message) for w in rec]
+    assert any("left out 1 of 6" in m and "1_2.png" in m for m in messages)
+    assert sum("cameras unknown" in m for m in messages) == 1  # said once
+    assert res.n_unreadable == 1 and "1 left out" in repr(res)
+    # the reference: the readable gallery only, and the no-camera rule of the dataset module
+    q, g = ds.subset("query"), ds.subset("gallery")
+    g = g.select(np.array([p != "1_2.png" for p in g.table["path"]]))
+    qf, gf = ct.embed(micro_model, q, progress=False), ct.embed(micro_model, g, progress=False)
+    qc, gc, known = camids_for_evaluation(q, g)
+    ref = M.evaluate_reid(qf, gf, q.pids, g.pids, qc, gc)
+    assert not known and res.n_queries == 3
+    np.testing.assert_allclose(res.ap, ref.ap)
+    np.testing.assert_array_equal(res.first_match, ref.first_match)
+
+
+def test_evaluate_blames_the_model_only_for_a_readable_image(micro_model, tmp_path, monkeypatch):
+    import importlib
+
+    import cliptk as ct
+
+    E = importlib.import_module("cliptk.evaluate")  # the module (ct.evaluate is the function)
+    ds = _tiny_dataset(tmp_path)
+    real = E.embed
+
+    def nan_row(model, dataset, **kw):  # a model that returns NaN for a readable image
+        out = real(model, dataset, **kw)
+        if "2_1.png" in list(dataset.table["path"]):
+            out[list(dataset.table["path"]).index("2_1.png")] = float("nan")
+        return out
+
+    monkeypatch.setattr(E, "embed", nan_row)
+    with pytest.raises(ValueError, match=r"model gave a NaN/inf embedding for .*2_1\.png.*although the image reads"):
+        ct.evaluate(micro_model, ds, progress=False)

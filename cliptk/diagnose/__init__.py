@@ -32,6 +32,7 @@ Example:
     >>> fig = plot_ranked(0, r, k=5)          # a plotly Figure; fig.show() in a notebook
 """
 from .audit import find_leaks, label_noise_suspects
+from .compare import QueryComparison, compare_embeddings, compare_models, compare_rankings, match_ranks
 from .failures import ap_breakdown, confused_pairs, plot_similarity_hist, pos_neg_similarities, similarity_threshold
 from .ranking import ImageSource, Ranking, rank_gallery, source_image
 from .views import COLOURS, JPEG_QUALITY, HtmlFragment, plot_ranked, table_html, worst_queries_html
@@ -41,4 +42,5 @@ __all__ = [
     "plot_ranked", "worst_queries_html", "table_html", "HtmlFragment", "COLOURS", "JPEG_QUALITY",
     "ap_breakdown", "confused_pairs", "pos_neg_similarities", "similarity_threshold", "plot_similarity_hist",
     "find_leaks", "label_noise_suspects",
+    "QueryComparison", "compare_models", "compare_embeddings", "compare_rankings", "match_ranks",
 ]

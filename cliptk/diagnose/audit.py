@@ -5,7 +5,10 @@
 * :func:`label_noise_suspects` — images closer to another identity's centroid than to their own.
 
 Both return a ``pandas.DataFrame``, most suspicious first; show the pairs or images beside their
-rows with :func:`cliptk.diagnose.table_html`.
+rows with :func:`cliptk.diagnose.table_html`. Both work in row chunks with bounded memory and give
+exactly the brute-force result: :func:`find_leaks` keeps only the pairs that can still be among
+the ``max_pairs`` most similar (ties kept) and computes half the products within one set;
+:func:`label_noise_suspects` takes each image's nearest foreign centroid chunk by chunk.
 
 Example:
     >>> x = np.array([[1.0, 0.0], [0.0, 1.0], [0.99, 0.01]])
@@ -20,10 +23,13 @@ import numpy as np
 import pandas as pd
 
 from .._util import unit_rows
+from ..ranking_kernels import row_chunks
 
 __all__ = ["find_leaks", "label_noise_suspects"]
 
-#: Similarities are computed in blocks of about this many elements (bounded memory).
+#: Candidate pairs of :func:`find_leaks` are cut back to the ``max_pairs`` most similar (ties kept)
+#: whenever more than ``2 max_pairs + _BLOCK_ELEMENTS / 8`` pile up, so a low threshold on a large
+#: set keeps memory bounded. Similarities are computed in :func:`cliptk.ranking_kernels.row_chunks`.
 _BLOCK_ELEMENTS = 1 << 22
 
 
@@ -70,18 +76,25 @@ def find_leaks(emb_train: Any, emb_test: Any = None, threshold: float = 0.95, *,
     b = a if within else _unit(emb_test, "emb_test")
     if a.shape[1] != b.shape[1]:
         raise ValueError(f"emb_train has dimension {a.shape[1]} but emb_test has {b.shape[1]}; embed both with one model")
-    hits_a, hits_b, hits_s = [], [], []
-    step = max(1, _BLOCK_ELEMENTS // b.shape[0])
-    for s in range(0, a.shape[0], step):
-        sim = a[s:s + step] @ b.T
+    na, nb = a.shape[0], b.shape[0]
+    keep_a, keep_b, keep_s = np.empty(0, np.int64), np.empty(0, np.int64), np.empty(0, a.dtype)
+    parts: list[tuple[np.ndarray, np.ndarray, np.ndarray]] = []
+    n_parts = 0
+    for s, e in row_chunks(na, nb):
+        # within one set only the pairs j > i: the columns from s on (half the products)
+        cols = b[s:] if within else b
+        sim = a[s:e] @ cols.T
+        hit = sim >= threshold
         if within:
-            sim[np.arange(sim.shape[0])[:, None] + s >= np.arange(b.shape[0])[None, :]] = -np.inf
-        i, j = np.nonzero(sim >= threshold)
-        hits_a.append(i + s)
-        hits_b.append(j)
-        hits_s.append(sim[i, j])
-    out = pd.DataFrame({"index_a": np.concatenate(hits_a), "index_b": np.concatenate(hits_b),
-                        "similarity": np.concatenate(hits_s)})
+            hit &= np.arange(e - s)[:, None] < np.arange(cols.shape[0])[None, :]
+        i, j = np.nonzero(hit)
+        parts.append((i + s, j + s if within else j, sim[i, j]))
+        n_parts += i.size
+        if max_pairs is not None and n_parts > 2 * max_pairs + _BLOCK_ELEMENTS // 8:
+            keep_a, keep_b, keep_s = _most_similar(keep_a, keep_b, keep_s, parts, max_pairs)
+            parts, n_parts = [], 0
+    keep_a, keep_b, keep_s = _most_similar(keep_a, keep_b, keep_s, parts, max_pairs)
+    out = pd.DataFrame({"index_a": keep_a, "index_b": keep_b, "similarity": keep_s})
     out = out.sort_values(["similarity", "index_a", "index_b"], ascending=[False, True, True], kind="stable")
     if max_pairs is not None:
         out = out.head(max_pairs)
@@ -95,6 +108,21 @@ def find_leaks(emb_train: Any, emb_test: Any = None, threshold: float = 0.95, *,
         out["pid_b"] = pb[out["index_b"].to_numpy()]
         out["same_pid"] = out["pid_a"] == out["pid_b"]
     return out
+
+
+def _most_similar(ka: np.ndarray, kb: np.ndarray, ks: np.ndarray, parts: list, max_pairs: int | None
+                  ) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """The pairs kept so far plus ``parts``, cut to those that can still be among the
+    ``max_pairs`` most similar: every pair at least as similar as the ``max_pairs``-th (ties kept,
+    so the final sort is the same as over all pairs)."""
+    ia = np.concatenate([ka] + [p[0] for p in parts])
+    ib = np.concatenate([kb] + [p[1] for p in parts])
+    sv = np.concatenate([ks] + [p[2] for p in parts])
+    if max_pairs is not None and sv.size > max_pairs:
+        kth = np.partition(sv, sv.size - max_pairs)[sv.size - max_pairs] if max_pairs > 0 else np.inf
+        sel = sv >= kth
+        ia, ib, sv = ia[sel], ib[sel], sv[sel]
+    return ia, ib, sv
 
 
 def label_noise_suspects(emb: Any, pids: Any, *, include_all: bool = False, ignore_pid: Any = -1) -> pd.DataFrame:
@@ -143,10 +171,13 @@ def label_noise_suspects(emb: Any, pids: Any, *, include_all: bool = False, igno
     loo_norm = np.linalg.norm(loo, axis=1)
     own = np.where((counts[codes] > 1) & (loo_norm > 1e-12),
                    (loo * xs).sum(axis=1) / np.maximum(loo_norm, 1e-12), np.nan)
-    other = xs @ centroids.T
-    other[np.arange(len(rows)), codes] = -np.inf
-    nearest = other.argmax(axis=1)
-    near_sim = other[np.arange(len(rows)), nearest]
+    nearest = np.empty(len(rows), dtype=np.int64)
+    near_sim = np.empty(len(rows), dtype=np.result_type(xs, centroids))
+    for s, e in row_chunks(len(rows), len(ids)):  # the (images x identities) similarities in chunks
+        other = xs[s:e] @ centroids.T
+        other[np.arange(e - s), codes[s:e]] = -np.inf
+        nearest[s:e] = other.argmax(axis=1)
+        near_sim[s:e] = other[np.arange(e - s), nearest[s:e]]
     out = pd.DataFrame({"index": rows, "pid": p[rows], "n_images": counts[codes], "own_similarity": own,
                         "nearest_pid": ids[nearest], "nearest_similarity": near_sim,
                         "margin": near_sim - own})

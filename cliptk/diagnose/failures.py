@@ -144,9 +144,7 @@ def pos_neg_similarities(ranking: Ranking) -> tuple[np.ndarray, np.ndarray]:
         ([1.0, 1.0, 1.0, 0.6], 12, 0.6)
     """
     same = ranking.query_pids[:, None] == ranking.gallery_pids[None, :]
-    junk = np.zeros_like(same)
-    if ranking.query_camids is not None and ranking.gallery_camids is not None:
-        junk = same & (ranking.query_camids[:, None] == ranking.gallery_camids[None, :])
+    junk = ranking.junk_mask()   # same identity and camera; nothing for queries with unknown cameras
     sim = ranking.similarity
     return sim[same & ~junk], sim[~same]
 

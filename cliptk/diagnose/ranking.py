@@ -1,13 +1,16 @@
 """The ranked gallery of every query: what the debugging views, tables and browser share.
 
 :func:`rank_gallery` takes query and gallery embeddings that are already computed
-(:func:`cliptk.embed`) and keeps, in a :class:`Ranking`, the query x gallery distances, the
-labels, the per-query AP and first-match rank (computed by :func:`cliptk.evaluate_reid`, so every
-view agrees with the reported mAP) and, optionally, the images for thumbnails.
+(:func:`cliptk.embed`) and keeps, in a :class:`Ranking`, what gives the query x gallery
+distances (the normalised embeddings, or the re-ranked matrix), the labels, the per-query AP
+and first-match rank (computed by :func:`cliptk.evaluate_reid`, so every view agrees with the
+reported mAP) and, optionally, the images for thumbnails.
 
 The ranking protocol is torchreid's ``eval_market1501`` as in :func:`cliptk.evaluate_reid`: a
-gallery item of the query's identity *and* camera is "junk" (removed, it takes no rank); a
-gallery item of another identity (pid ``-1`` included) is wrong.
+gallery item of the query's identity *and* (known) camera is "junk" (removed, it takes no rank); a
+gallery item of another identity (pid ``-1`` included) is wrong. Nothing here sorts or holds the
+whole ``n_q x n_g`` matrix unless asked (:attr:`Ranking.distances`): views compute one query's
+row from its chunk, and top-k is exact partial selection.
 
 Example:
     >>> rng = np.random.default_rng(0)
@@ -24,15 +27,16 @@ from __future__ import annotations
 
 import html
 from collections.abc import Sequence
-from dataclasses import dataclass
 from typing import Any, Union
 
 import numpy as np
 import pandas as pd
 from PIL import Image
 
-from ..data import ReIdDataset
-from ..metrics import ReIdResult, evaluate_reid
+from .._util import unit_rows
+from ..data import ReIdDataset, camids_for_evaluation
+from ..metrics import ReIdResult, evaluate_reid, warn_no_cameras
+from ..ranking_kernels import distance_chunks, protocol_codes, row_chunks, smallest_prefix, top_k_smallest
 
 __all__ = ["Ranking", "rank_gallery", "ImageSource", "source_image"]
 
@@ -54,34 +58,44 @@ def source_image(source: ImageSource, i: int) -> Image.Image | None:
     return None if img is None else img.convert("RGB")
 
 
-@dataclass(eq=False, repr=False)
 class Ranking:
     """Query x gallery distances with labels, per-query results and (optionally) images.
 
-    Build it with :func:`rank_gallery`. Attributes:
-        distances: ``(n_q, n_g)`` distances that were ranked (``1 - cos``, or k-reciprocal
-            re-ranked); smaller = more similar.
+    Build it with :func:`rank_gallery`. Distances are computed when a view needs them, one query
+    chunk at a time (the same chunks, hence the same numbers, as the evaluation), so a
+    20k x 100k ranking holds the embeddings and one chunk, not the matrix; after re-ranking the
+    re-ranked matrix is kept. Attributes:
         query_pids, gallery_pids: ``(n_q,)`` / ``(n_g,)`` identities.
-        query_camids, gallery_camids: cameras, or ``None`` (then nothing is junk).
+        query_camids, gallery_camids: the cameras the protocol used, or ``None`` (then nothing is
+            junk); ``-1`` = unknown, never junk. For datasets without cameras these are
+            :func:`cliptk.data.camids_for_evaluation`'s ids (only the query's own image is junk).
         result: the :class:`~cliptk.metrics.ReIdResult` (``ap``, ``first_match``, ``mAP``).
         query_images, gallery_images: thumbnail sources (dataset, list of PIL images or None).
         query_table, gallery_table: per-row metadata (``pid``, ``camid``, ``sequence`` ...).
     """
 
-    distances: np.ndarray
-    query_pids: np.ndarray
-    gallery_pids: np.ndarray
-    query_camids: np.ndarray | None
-    gallery_camids: np.ndarray | None
-    result: ReIdResult
-    query_images: ImageSource = None
-    gallery_images: ImageSource = None
-    query_table: pd.DataFrame | None = None
-    gallery_table: pd.DataFrame | None = None
+    def __init__(self, query_unit: np.ndarray, gallery_unit: np.ndarray, query_pids: np.ndarray,
+                 gallery_pids: np.ndarray, query_camids: np.ndarray | None, gallery_camids: np.ndarray | None,
+                 result: ReIdResult, query_images: ImageSource = None, gallery_images: ImageSource = None,
+                 query_table: pd.DataFrame | None = None, gallery_table: pd.DataFrame | None = None,
+                 distances: np.ndarray | None = None) -> None:
+        self._q, self._g, self._dist = query_unit, gallery_unit, distances
+        self.query_pids, self.gallery_pids = query_pids, gallery_pids
+        self.query_camids, self.gallery_camids = query_camids, gallery_camids
+        self.result = result
+        self.query_images, self.gallery_images = query_images, gallery_images
+        self.query_table, self.gallery_table = query_table, gallery_table
+        self._qcode, self._gcode, self._qcam, self._gcam = protocol_codes(query_pids, gallery_pids, query_camids,
+                                                                          gallery_camids)
+        self._chunk: tuple[int, int, np.ndarray] | None = None
 
     @property
     def n_queries(self) -> int:
-        return self.distances.shape[0]
+        return self._q.shape[0]
+
+    @property
+    def n_gallery(self) -> int:
+        return self._g.shape[0]
 
     @property
     def ap(self) -> np.ndarray:
@@ -94,14 +108,68 @@ class Ranking:
         return self.result.first_match
 
     @property
+    def distances(self) -> np.ndarray:
+        """The ``(n_q, n_g)`` distances that were ranked (``1 - cos``, or k-reciprocal re-ranked);
+        smaller = more similar. Built on first access and kept: ``4 n_q n_g`` bytes in float32,
+        so prefer :meth:`ranked` / :meth:`top_k` (one query at a time) on large galleries."""
+        if self._dist is None:
+            self._dist = np.empty((self.n_queries, self.n_gallery), dtype=np.result_type(self._q, self._g))
+            for s, e, block in distance_chunks(self._q, self._g):
+                self._dist[s:e] = block
+        return self._dist
+
+    @property
     def similarity(self) -> np.ndarray:
-        """``1 - distances``: the cosine similarity unless re-ranked."""
+        """``1 - distances``: the cosine similarity unless re-ranked (full matrix, as ``distances``)."""
         return 1.0 - self.distances
+
+    def distance_row(self, q: int) -> np.ndarray:
+        """Query ``q``'s distances to the whole gallery, ``(n_g,)`` (the numbers evaluation ranked)."""
+        q = self._check(q)
+        if self._dist is not None:
+            return self._dist[q]
+        if self._chunk is None or not self._chunk[0] <= q < self._chunk[1]:
+            s, e = next((s, e) for s, e in row_chunks(self.n_queries, self.n_gallery) if s <= q < e)
+            _, _, block = next(distance_chunks(self._q[s:e], self._g))
+            self._chunk = (s, e, block.copy())
+        return self._chunk[2][q - self._chunk[0]]
+
+    def junk_mask(self, q: int | None = None) -> np.ndarray:
+        """``True`` where a gallery item is junk for a query (same identity, same known camera):
+        ``(n_g,)`` for query ``q``, or ``(n_q, n_g)`` for all queries."""
+        if q is not None:
+            q = self._check(q)
+            return (self._gcode == self._qcode[q]) & (self._gcam == self._qcam[q]) & (self._qcam[q] >= 0)
+        qc, qk = self._qcode[:, None], self._qcam[:, None]
+        return (self._gcode[None, :] == qc) & (self._gcam[None, :] == qk) & (qk >= 0)
 
     def _check(self, q: int) -> int:
         if not -self.n_queries <= q < self.n_queries:
             raise IndexError(f"query index {q} is out of range for {self.n_queries} queries")
         return int(q) % self.n_queries
+
+    def _table(self, q: int, order: np.ndarray, row: np.ndarray) -> pd.DataFrame:
+        """The rows ``order`` (a prefix of the stable ranking of query ``q``) as :meth:`ranked` shows them."""
+        same = self._gcode[order] == self._qcode[q]
+        junk = same & (self._gcam[order] == self._qcam[q]) & (self._qcam[q] >= 0)
+        status = np.where(junk, "junk", np.where(same, "match", "wrong"))
+        rank = pd.array(np.cumsum(~junk), dtype="Int64")
+        rank[junk] = pd.NA
+        out = pd.DataFrame({"gallery_index": order, "pid": self.gallery_pids[order]})
+        cams = self._display_camids(self.gallery_table, self.gallery_camids)
+        if cams is not None:
+            out["camid"] = cams[order]
+        out["similarity"] = 1.0 - row[order]
+        out["status"] = status
+        out["rank"] = rank
+        return out
+
+    @staticmethod
+    def _display_camids(table: pd.DataFrame | None, camids: np.ndarray | None) -> np.ndarray | None:
+        """The cameras to show: the table's own ``camid`` column (``-1`` = unknown) when it has one."""
+        if table is not None and "camid" in table.columns:
+            return table["camid"].to_numpy()
+        return camids
 
     def ranked(self, q: int) -> pd.DataFrame:
         """The whole gallery ranked for query ``q`` (nearest first, stable on ties).
@@ -111,30 +179,35 @@ class Ranking:
         ``<NA>`` for junk, which the protocol removes).
         """
         q = self._check(q)
-        order = np.argsort(self.distances[q], kind="stable")
-        same = self.gallery_pids[order] == self.query_pids[q]
-        junk = np.zeros_like(same)
-        if self.query_camids is not None and self.gallery_camids is not None:
-            junk = same & (self.gallery_camids[order] == self.query_camids[q])
-        status = np.where(junk, "junk", np.where(same, "match", "wrong"))
-        rank = pd.array(np.cumsum(~junk), dtype="Int64")
-        rank[junk] = pd.NA
-        out = pd.DataFrame({"gallery_index": order, "pid": self.gallery_pids[order]})
-        if self.gallery_camids is not None:
-            out["camid"] = self.gallery_camids[order]
-        out["similarity"] = 1.0 - self.distances[q, order]
-        out["status"] = status
-        out["rank"] = rank
-        return out
+        row = self.distance_row(q)
+        return self._table(q, np.argsort(row, kind="stable"), row)
 
     def top_k(self, q: int, k: int = 10, include_junk: bool = True) -> pd.DataFrame:
         """The first ``k`` rows of :meth:`ranked` (``k`` non-junk items; junk in between kept
-        unless ``include_junk=False``)."""
-        r = self.ranked(q)
+        unless ``include_junk=False``). Exact and without sorting the whole gallery: the
+        ``k + (junk of q)`` nearest items are found by partitioning, ties broken by gallery order."""
+        q = self._check(q)
+        row = self.distance_row(q)
+        n_junk = int(self.junk_mask(q).sum())
+        r = self._table(q, smallest_prefix(row, k + n_junk), row)
         keep = r["rank"].isna() | (r["rank"] <= k) if include_junk else r["rank"].notna() & (r["rank"] <= k)
         r = r[keep.to_numpy(dtype=bool)]
         last = np.flatnonzero(r["rank"].notna().to_numpy())
         return r.iloc[: (last[-1] + 1 if len(last) else 0)].reset_index(drop=True)
+
+    def nearest(self, k: int = 10) -> np.ndarray:
+        """``(n_q, k)`` gallery indices of every query's ``k`` nearest items (junk included),
+        nearest first, ties by gallery order: the first ``k`` columns of a stable argsort of
+        :attr:`distances`, computed chunk by chunk with an exact top-k.
+
+        Example:
+            >>> rank_gallery(np.eye(2), np.eye(3)[:, :2] + 0.1, [0, 1], [0, 1, 2]).nearest(2).tolist()
+            [[0, 2], [1, 2]]
+        """
+        if self._dist is not None:
+            return np.concatenate([top_k_smallest(self._dist[s:e], k)
+                                   for s, e in row_chunks(self.n_queries, self.n_gallery)])
+        return np.concatenate([top_k_smallest(block, k) for _, _, block in distance_chunks(self._q, self._g)])
 
     def worst_queries(self) -> pd.DataFrame:
         """One row per query, ordered by AP ascending (worst first; skipped queries last).
@@ -142,8 +215,9 @@ class Ranking:
         Columns: ``query_index``, ``pid``, ``camid`` (if known), ``ap``, ``first_match``.
         """
         t = pd.DataFrame({"query_index": np.arange(self.n_queries), "pid": self.query_pids})
-        if self.query_camids is not None:
-            t["camid"] = self.query_camids
+        cams = self._display_camids(self.query_table, self.query_camids)
+        if cams is not None:
+            t["camid"] = cams
         t["ap"] = self.ap
         t["first_match"] = self.first_match
         return t.sort_values(["ap", "first_match"], ascending=[True, False], na_position="last",
@@ -163,7 +237,7 @@ class Ranking:
         return f"query {q} (pid {self.query_pids[q]}): AP {ap:.3f}, {where}"
 
     def __repr__(self) -> str:
-        return (f"Ranking({self.n_queries} queries x {self.distances.shape[1]} gallery, mAP={self.result.mAP:.4f}, "
+        return (f"Ranking({self.n_queries} queries x {self.n_gallery} gallery, mAP={self.result.mAP:.4f}, "
                 f"rank-1={self.result.cmc.get(1, float('nan')):.4f}, skipped={self.result.n_skipped}"
                 f"{', re-ranked' if self.result.reranked else ''})")
 
@@ -194,6 +268,11 @@ def rank_gallery(query_emb: Any, gallery_emb: Any, query: Any, gallery: Any, *,
                  rerank: bool = False, **rerank_kwargs: Any) -> Ranking:
     """Rank the gallery for every query and keep what the debugging views need.
 
+    The camera rule is :func:`cliptk.evaluate_reid`'s: camid ``-1`` = unknown, no camera filtering
+    for such a query (one warning). Two datasets without cameras (``has_cameras`` false) are
+    ranked as :func:`cliptk.evaluate` does: no camera filtering, the query's own image (the same
+    file in the gallery) is junk, one warning.
+
     Args:
         query_emb, gallery_emb: ``(n_q, d)`` / ``(n_g, d)`` embeddings (tensor or array).
         query, gallery: a :class:`ReIdDataset` (pids, cameras, metadata and images), a
@@ -205,7 +284,8 @@ def rank_gallery(query_emb: Any, gallery_emb: Any, query: Any, gallery: Any, *,
         rerank: apply k-reciprocal re-ranking (``rerank_kwargs``: ``k1``, ``k2``, ``lambda_value``).
 
     Returns:
-        A :class:`Ranking`; its ``result`` is exactly :func:`cliptk.evaluate_reid`'s.
+        A :class:`Ranking`; its ``result`` is exactly :func:`cliptk.evaluate_reid`'s. Memory: the
+        embeddings and one distance chunk (the full matrix only when re-ranked).
 
     Raises:
         ValueError: as :func:`cliptk.evaluate_reid` (shapes, no valid query ...), or when only one
@@ -219,8 +299,13 @@ def rank_gallery(query_emb: Any, gallery_emb: Any, query: Any, gallery: Any, *,
     gp, gc, gt, gi = _labels(gallery, "gallery", gallery_camids)
     if (qc is None) != (gc is None):
         raise ValueError("cameras are known for only one of query and gallery; give both (or neither)")
-    res = evaluate_reid(query_emb, gallery_emb, qp, gp, qc, gc, rerank=rerank, return_distances=True,
+    if isinstance(query, ReIdDataset) and isinstance(gallery, ReIdDataset):
+        qc, gc, known = camids_for_evaluation(query, gallery)
+        if not known:
+            warn_no_cameras(query.name, len(query))
+    res = evaluate_reid(query_emb, gallery_emb, qp, gp, qc, gc, rerank=rerank, return_distances=rerank,
                         **rerank_kwargs)
-    return Ranking(res.distances, qp, gp, qc, gc, res,
+    dist, res.distances = res.distances, None
+    return Ranking(unit_rows(query_emb, "query_emb"), unit_rows(gallery_emb, "gallery_emb"), qp, gp, qc, gc, res,
                    query_images if query_images is not None else qi,
-                   gallery_images if gallery_images is not None else gi, qt, gt)
+                   gallery_images if gallery_images is not None else gi, qt, gt, distances=dist)

@@ -33,10 +33,11 @@ Example:
 from .world import (CAPTION_TEMPLATE, CAPTION_TEMPLATES, COLOUR_PROMPT, COLOURS, HAIR_COLOURS, HAIR_STYLES,
                     NUMBER_PROMPT, RGB, SHOE_COLOURS, SKIN_TONES, SOCK_COLOURS, SOCK_LENGTHS, Player, caption,
                     colour_prompts, make_players, make_world, number_prompts)
-from .render import RenderInfo, render_player, sample_batch, stream_players
+from .render import PARTS, RenderInfo, render_player, sample_batch, stream_players
 from .write import GENERATOR_VERSION, MANIFEST_COLUMNS, SPLITS, generate_players, read_manifest, samples_grid
 
 __all__ = [
+    "PARTS",
     # world
     "Player", "make_players", "make_world", "caption", "colour_prompts", "number_prompts",
     "COLOURS", "SKIN_TONES", "HAIR_COLOURS", "HAIR_STYLES", "SHOE_COLOURS", "SOCK_COLOURS", "SOCK_LENGTHS",

@@ -28,6 +28,8 @@ from .figures import ALIASES, PALETTE, WEBGL_THRESHOLD, plot_before_after, plot_
 from .project import ALIGN_METHODS, METHODS, ArrayLike, ProjectionConfig, aligned_projection, project, warm_up
 from .quality import embedding_report
 from .report import Report
+from .timelapse import aligned_frames, frame_displacement, plot_timelapse
+from .batch_inspector import BatchInspection, batch_inspector, compare_batches, inspect_batch, inspect_embeddings, plot_batch
 
 __all__ = [
     "ProjectionConfig", "project", "warm_up", "aligned_projection",
@@ -35,6 +37,8 @@ __all__ = [
     "export_html", "html_fragment",
     "embedding_report",
     "Report",
+    "aligned_frames", "frame_displacement", "plot_timelapse",
+    "BatchInspection", "inspect_batch", "inspect_embeddings", "plot_batch", "compare_batches", "batch_inspector",
     "thumbnail_uri", "thumbnail_bytes",
     "METHODS", "ALIGN_METHODS", "PALETTE", "ALIASES", "WEBGL_THRESHOLD", "ArrayLike",
 ]
