@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import os
 import statistics
 import subprocess
 import sys
@@ -25,7 +26,7 @@ PROBE = ("import json, sys, time; t = time.perf_counter(); import {mod}; dt = ti
 
 def once(checkout: Path, mod: str) -> dict:
     out = subprocess.run([sys.executable, "-c", PROBE.format(mod=mod, heavy=HEAVY)], cwd=checkout,
-                         env={"PYTHONPATH": str(checkout), "PATH": "/usr/bin:/bin"}, capture_output=True, text=True,
+                         env={**os.environ, "PYTHONPATH": str(checkout)}, capture_output=True, text=True,
                          check=True)
     return json.loads(out.stdout.strip().splitlines()[-1])
 

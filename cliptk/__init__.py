@@ -10,7 +10,7 @@ The verbs of the story live here (about forty names, each used by a notebook, th
 command line). Everything else is reached through its family: ``ct.data``, ``ct.synthetic``,
 ``ct.models``, ``ct.metrics``, ``ct.losses``, ``ct.samplers``, ``ct.train``, ``ct.recipes``,
 ``ct.explain``, ``ct.viz``, ``ct.diagnose``, ``ct.widgets``, ``ct.lab``, ``ct.settings``, ``ct.wise``
-(WiSE-FT), ``ct.tempnet`` (per-sample temperature).
+(WiSE-FT), ``ct.tempnet`` (per-sample temperature), ``ct.metadata`` (what a dataset's columns allow).
 
 Names load on first use (PEP 562), so ``import cliptk`` — and so every ``torchrun`` worker — does not
 import plotly, ipywidgets, umap or grad-cam until a plotting, widget or explanation name is touched.
@@ -53,7 +53,7 @@ _VERBS: dict[str, str] = {
 }
 
 _FAMILIES = ("data", "synthetic", "models", "metrics", "losses", "samplers", "train", "recipes", "explain", "viz",
-             "diagnose", "widgets", "lab", "settings", "wise", "tempnet")
+             "diagnose", "widgets", "lab", "settings", "wise", "tempnet", "metadata")
 
 __all__ = ["embed", "embed_texts", "evaluate", "zero_shot_probe", *_VERBS, *_FAMILIES]
 

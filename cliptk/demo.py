@@ -1,10 +1,12 @@
-"""The main job: the whole CLIP-ReIdent story on the embedded default, as one function.
+"""The main job: the whole CLIP-ReIdent story, as one function, on any model and data.
 
-``run_demo()`` generates the synthetic players, evaluates the bundled tiny CLIP zero-shot (re-id
-mAP / rank-k and shirt-number probing), fine-tunes it with the CLIP-ReIdent recipe
-(``configs/cpu_tiny.yaml``), evaluates again, projects both embeddings, explains pairs with
-Score-CAM, and writes ``report.html`` (self-contained) plus the checkpoint. Called by
-``python -m cliptk demo``; under ``CLIPTK_SMOKE=1`` every stage is tiny.
+``run_demo()`` reads the data (default: generates the synthetic players), evaluates the model
+zero-shot (re-id mAP / rank-k, and shirt-number probing when the data has a number column),
+fine-tunes it with the CLIP-ReIdent recipe (``configs/cpu_tiny.yaml`` by default) or loads a
+fine-tuned checkpoint, evaluates again, projects both embeddings, explains pairs with Score-CAM,
+and writes ``report.html`` (self-contained) plus the checkpoint. Called by ``python -m cliptk
+demo`` with the notebooks' parameters (``--data``, ``--model``, ``--pretrained``,
+``--finetuned``, ``--config``, ``--device``); under ``CLIPTK_SMOKE=1`` every stage is tiny.
 """
 from __future__ import annotations
 
@@ -20,11 +22,11 @@ from . import explain, viz
 from .diagnose import rank_gallery, worst_queries_html
 from .embed import embed
 from .evaluate import evaluate, zero_shot_probe
+from . import metadata
 from .models import load_model, save_model
-from .recipes import config_path, load_from_config, players, players_root
-from .settings import is_smoke, pick, smoke_run
-from .synthetic import CAPTION_TEMPLATE
-from .train import TrainConfig, fit
+from .recipes import config_path, dataset, load_from_config, players_root, resolve_device, train_config
+from .settings import is_smoke, pick
+from .train import find_weights, fit
 from .viz import Report
 
 __all__ = ["run_demo", "history_figure"]
@@ -51,53 +53,66 @@ def _row(name: str, result, probe=None) -> dict:
     return row
 
 
-def run_demo(out: Path = Path("runs/demo"), data_root: Path | None = None, minutes: float | None = None,
-             finetune: bool = True, say: Callable[[str], None] = print) -> pd.DataFrame:
+def run_demo(out: Path = Path("runs/demo"), data: str | Path | None = None, minutes: float | None = None,
+             finetune: bool = True, say: Callable[[str], None] = print, *, model: str | None = None,
+             pretrained: str | None = None, config: str | Path = "cpu_tiny", finetuned: str | Path | None = None,
+             device: str = "auto", top_channels: int | float | None = None) -> pd.DataFrame:
     """Run the story; return the metrics table (one row per model state).
 
     Args:
-        out: folder for ``report.html``, ``metrics.csv``, ``model.safetensors`` and checkpoints.
-        data_root: where the synthetic players go (default: ``data/generated/``).
+        out: folder for ``report.html``, ``metrics.csv``, ``model.safetensors`` and checkpoints
+            (a previous demo run there is overwritten).
+        data: a dataset folder or CSV manifest (:func:`cliptk.recipes.dataset`; held-out
+            query/gallery when it has none); None = the embedded synthetic players.
         minutes: fine-tuning time budget (default: the config's epochs).
         finetune: ``False`` stops after the zero-shot evaluation.
+        model, pretrained: the model to start from (default: the config's, the bundled tiny CLIP);
+            ``pretrained`` None with a ``model`` is a random init.
+        config: the recipe: a shipped config's name or a YAML path.
+        finetuned: fine-tuned weights to load instead of training (a ``.safetensors`` file or a run folder).
+        device: ``"auto"`` (CUDA when present) or a device.
+        top_channels: Score-CAM maps with this many channel groups (approximate, much faster on
+            wide towers); None = exact.
     """
     out = Path(out)
     out.mkdir(parents=True, exist_ok=True)
-    report = Report("cliptk demo: CLIP-ReIdent on synthetic players" + (" (smoke mode)" if is_smoke() else ""))
-
-    say(f"1/6 data: synthetic players in {data_root or players_root()} (generated once, then cached)")
-    ds = players(data_root)
+    device = resolve_device(device)
+    say(f"1/6 data: {data if data is not None else f'synthetic players in {players_root()} (generated once, then cached)'}")
+    ds = dataset(data)
+    cfg = train_config(config, dataset=ds, model=model, pretrained=pretrained, device=device)
+    name = "synthetic players" if data is None else Path(str(data)).name
+    report = Report(f"cliptk demo: CLIP-ReIdent, {cfg.model} on {name}" + (" (smoke mode)" if is_smoke() else ""))
     query, gallery = ds.subset("query"), ds.subset("gallery")
     test = ds.subset("query", "gallery")
     report.table("Dataset", ds.summary())
 
-    cfg = TrainConfig.from_yaml(config_path("cpu_tiny"))
-    say(f"2/6 zero-shot: {cfg.model} ({cfg.pretrained})")
-    zero = load_model(cfg.model, cfg.pretrained)
+    say(f"2/6 zero-shot: {cfg.model} ({cfg.pretrained if cfg.pretrained is not None else 'random init'})")
+    zero = load_model(cfg.model, cfg.pretrained, device=device)
     zs = evaluate(zero, ds, flip=cfg.eval_flip)   # the config's test protocol, as fit's evaluations
-    colours = sorted(query.table["colour"].unique())
-    prompts = {n: [CAPTION_TEMPLATE.format(colour=c, number=n) for c in colours] for n in range(100)}
-    probe = zero_shot_probe(zero, query, "number", prompts)
+    probe = metadata.probe_numbers(zero, query)
     rows = [_row("zero-shot", zs, probe)]
     print(pd.DataFrame(rows).set_index("model").to_string(float_format=lambda v: f"{v:.3f}"), flush=True)
     emb_before = embed(zero, test)
     if not finetune:
         return _finish(rows, report, out, say)
 
-    say("3/6 fine-tuning with the CLIP-ReIdent recipe (configs/cpu_tiny.yaml)")
-    cfg = cfg.replace(output_dir=str(out / "checkpoints"), max_minutes=minutes)
-    cfg = smoke_run(cfg)
-    model = load_from_config(cfg)
-    history = fit(model, ds, cfg, eval_data=ds)
-    save_model(model, out / "model.safetensors")
-    report.figure("Training", history_figure(history))
+    cfg = cfg.replace(output_dir=str(out / "checkpoints"), max_minutes=minutes, overwrite=True)
+    if finetuned is not None:
+        say(f"3/6 loading the fine-tuned weights {finetuned}")
+        model_ft = load_from_config(cfg, find_weights(finetuned))
+    else:
+        say(f"3/6 fine-tuning with the CLIP-ReIdent recipe ({config_path(config).name})")
+        model_ft = load_from_config(cfg)
+        history = fit(model_ft, ds, cfg, eval_data=ds)
+        report.figure("Training", history_figure(history))
+    save_model(model_ft, out / "model.safetensors")
 
     say("4/6 evaluating the fine-tuned model")
-    ft = evaluate(model, ds, flip=cfg.eval_flip)
+    ft = evaluate(model_ft, ds, flip=cfg.eval_flip)
     rows.append(_row("fine-tuned", ft))
-    emb_after = embed(model, test)
+    emb_after = embed(model_ft, test)
     ranking = rank_gallery(emb_after[: len(query)], emb_after[len(query):], query, gallery)
-    report.raw("Worst queries of the fine-tuned model (green: same player, red: another player)",
+    report.raw("Worst queries of the fine-tuned model (green: same identity, red: another)",
                str(worst_queries_html(ranking, k=8, per_page=pick(10, 3))))
 
     say("5/6 projecting the embeddings (UMAP, aligned before/after)")
@@ -105,22 +120,25 @@ def run_demo(out: Path = Path("runs/demo"), data_root: Path | None = None, minut
     report.figure("Embedding space: zero-shot vs fine-tuned",
                   viz.plot_before_after(emb_before, emb_after, test, color_by="pid", method=method,
                                         titles=("zero-shot", "fine-tuned")))
-    report.raw("Fine-tuned embeddings (hover a point to see the player)",
-               viz.html_fragment(emb_after, test, method=pick("umap", "pca"), color_by="colour"))
+    report.raw("Fine-tuned embeddings (hover a point to see the image)",
+               viz.html_fragment(emb_after, test, method=pick("umap", "pca"), color_by=metadata.color_by(test)))
     report.table("Embedding numbers", pd.concat({"zero-shot": viz.embedding_report(emb_before, test),
                                                  "fine-tuned": viz.embedding_report(emb_after, test)}, axis=1))
 
-    say("6/6 explaining pairs with Score-CAM")
+    say("6/6 explaining pairs with Score-CAM" + (f" (approximate: {top_channels} channel groups)" if top_channels else ""))
     q_emb, g_emb = emb_after[: len(query)], emb_after[len(query):]
     n_pairs = pick(6, 2)
     for kind in ("top_matches", "hardest_wrong"):
         pairs = explain.select_pairs(q_emb, g_emb, query.pids, gallery.pids, kind=kind, n=n_pairs)
-        cams = [explain.similarity_cam(model, q, g, dataset=(query, gallery), symmetric=True, fast=True)
-                for q, g, _ in pairs]
+        if not pairs:
+            metadata.note(f"skipped Score-CAM of {kind.replace('_', ' ')}: no such pairs in this query/gallery")
+            continue
+        cams = [explain.similarity_cam(model_ft, q, g, dataset=(query, gallery), symmetric=True, fast=True,
+                                       top_channels=top_channels) for q, g, _ in pairs]
         report.figure(f"Score-CAM: {kind.replace('_', ' ')}", explain.plot_cam_grid(cams))
         if kind == "top_matches":
             report.figure("Faithfulness of the first map (deletion / insertion vs random order)",
-                          explain.plot_faithfulness(explain.faithfulness(model, cams[0])))
+                          explain.plot_faithfulness(explain.faithfulness(model_ft, cams[0])))
     return _finish(rows, report, out, say)
 
 
@@ -128,7 +146,8 @@ def _finish(rows, report: Report, out: Path, say) -> pd.DataFrame:
     table = pd.DataFrame(rows).set_index("model")
     report.table("Metrics", table, na_rep="–", first=True)
     report.raw(None, "<p class='note'>The fine-tuned model is the image tower only (CLIP-ReIdent), so it has no "
-                     "text probe. Chance for shirt numbers is 1 %. Re-id embeddings are averaged with their horizontal flip "
+                     "text probe; the zero-shot model is probed for shirt numbers when the data has a number column (chance 1 % "
+                     "for numbers 0-99). Re-id embeddings are averaged with their horizontal flip "
                      "when the config says so (<code>eval_flip</code>), for both models.</p>", first=True)
     table.to_csv(out / "metrics.csv")
     path = report.save(out / "report.html")

@@ -4,12 +4,14 @@
 per image in dataset order. With ``cache_dir`` set, the result is stored as safetensors under a key
 made of the model's weights and preprocessing (:meth:`ClipModel.fingerprint`), the flip option and
 the file list (paths, sizes, modification times), so re-running a notebook cell is instant and any
-change to the model or the files recomputes.
+change to the model or the files recomputes. A cache file that cannot be read or does not hold
+what it should (one unit-length or skipped row per image) is recomputed with a warning naming it.
 """
 from __future__ import annotations
 
 import hashlib
 import os
+import warnings
 from pathlib import Path
 from typing import Sequence
 
@@ -57,6 +59,25 @@ def _file_key(dataset: ReIdDataset) -> str:
     return h.hexdigest()
 
 
+def _read_cache(path: Path, n: int) -> torch.Tensor | None:
+    """The cached ``[n, D]`` embeddings in ``path``, or None (with a warning naming the file) when
+    it is unreadable or its content is not what :func:`embed` writes: float32 rows that are unit
+    length, or all NaN for images the dataset skipped."""
+    try:
+        emb = load_file(str(path))["embeddings"]
+        if emb.dtype != torch.float32 or emb.ndim != 2 or emb.shape[0] != n:
+            raise ValueError(f"holds a {emb.dtype} tensor of shape {tuple(emb.shape)}, expected [{n}, D] float32")
+        skipped = torch.isnan(emb).all(dim=1)
+        good = emb[~skipped]
+        if not torch.isfinite(good).all() or not torch.allclose(good.norm(dim=1), torch.ones(len(good)), atol=1e-3):
+            raise ValueError("holds rows that are neither unit-length embeddings nor skipped (all NaN)")
+        return emb
+    except Exception as err:   # a truncated or garbled file, a missing key, wrong content
+        warnings.warn(f"embedding cache {path} is unusable ({type(err).__name__}: {err}); recomputing it",
+                      UserWarning, stacklevel=3)
+        return None
+
+
 def _collate(batch):
     ok = [(x, i) for x, i in batch if i >= 0]
     if not ok:
@@ -97,7 +118,9 @@ def embed(model: ClipModel, images: ReIdDataset | Sequence[Image.Image], *, batc
         key = hashlib.blake2b(f"{model.fingerprint()}|{flip}|{_file_key(images)}".encode(), digest_size=16).hexdigest()
         cache_file = Path(cache_dir) / f"emb-{key}.safetensors"
         if cache_file.is_file():
-            return load_file(str(cache_file))["embeddings"]
+            cached = _read_cache(cache_file, len(images))
+            if cached is not None:
+                return cached
     amp = device.type == "cuda" if amp is None else amp
     loader = DataLoader(ImageFolderView(images, model.preprocess), batch_size=batch_size, shuffle=False,
                         num_workers=num_workers, collate_fn=_collate, pin_memory=device.type == "cuda")

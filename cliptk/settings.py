@@ -69,9 +69,12 @@ def smoke_run(config, keep: tuple[str, ...] | set[str] = ()):
 
 
 def data_dir() -> Path:
-    """The data folder: ``CLIPTK_DATA`` if set, else the ``data/`` folder beside the package
-    (a checkout) or inside it (an installed wheel)."""
+    """The data folder: ``CLIPTK_DATA`` if set, else ``cliptk/_data/`` in an installed wheel (the
+    bundled model and configs travel there), else the checkout's ``data/`` folder."""
     env = os.environ.get("CLIPTK_DATA")
     if env:
         return Path(env)
-    return Path(__file__).resolve().parents[1] / "data"
+    here = Path(__file__).resolve().parent
+    if (here / "_data").is_dir():  # an installed wheel
+        return here / "_data"
+    return here.parent / "data"

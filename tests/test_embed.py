@@ -84,3 +84,27 @@ def test_bad_file_raises_or_is_skipped(model, tiny_ds, tmp_path):
     with pytest.warns(UserWarning, match="2.png"):
         out = embed(model, skip, progress=False)
     assert torch.isnan(out[2]).all() and not torch.isnan(out[[0, 1, 3]]).any()
+
+
+@pytest.mark.parametrize("damage", ["truncated", "garbage", "empty", "wrong rows", "not unit"])
+def test_a_bad_cache_file_is_recomputed_with_a_warning(model, tiny_ds, tmp_path, damage):
+    from safetensors.torch import save_file
+
+    cache = tmp_path / "cache"
+    first = embed(model, tiny_ds, cache_dir=cache, progress=False)
+    (file,) = cache.glob("*.safetensors")
+    raw = file.read_bytes()
+    if damage == "truncated":
+        file.write_bytes(raw[: len(raw) // 2])
+    elif damage == "garbage":
+        file.write_bytes(b"\x00not a safetensors file" * 10)
+    elif damage == "empty":
+        file.write_bytes(b"")
+    elif damage == "wrong rows":
+        save_file({"embeddings": first[:3].contiguous()}, str(file))
+    else:
+        save_file({"embeddings": (first * 3).contiguous()}, str(file))
+    with pytest.warns(UserWarning, match=rf"embedding cache .*{file.name} is unusable.*recomputing"):
+        again = embed(model, tiny_ds, cache_dir=cache, progress=False)
+    assert torch.equal(again, first)
+    assert torch.equal(embed(model, tiny_ds, cache_dir=cache, progress=False), first)   # rewritten: a clean hit

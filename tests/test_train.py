@@ -8,13 +8,16 @@ identities numbered 0..7 (``test_group_by``) and step counts the tests below spe
 """
 from __future__ import annotations
 
+import dataclasses
 import math
+import typing
 from pathlib import Path
 
 import numpy as np
 import pandas as pd
 import pytest
 import torch
+import yaml
 from PIL import Image
 from safetensors.torch import load_file
 
@@ -24,7 +27,8 @@ from cliptk import recipes, settings
 from cliptk.data import ReIdDataset
 from cliptk.losses import make_loss
 from cliptk.samplers import GroupedPairSampler, UniqueIdPairSampler
-from cliptk.train import COLUMNS, History, NonFiniteLossError, TrainConfig, Trainer, find_checkpoint, fit
+from cliptk.train import (COLUMNS, History, NonFiniteLossError, TrainConfig, Trainer, find_checkpoint, fit,
+                          load_config)
 from conftest import make_model
 
 CONFIGS = Path(__file__).resolve().parents[1] / "configs"
@@ -495,3 +499,226 @@ def test_trainer_step_returns_the_logs(data):
     assert set(logs) == {"loss"} and math.isfinite(logs["loss"])
     assert trainer.step_count == 1 and trainer.history.steps["loss"].tolist() == [logs["loss"]]
     assert trainer.history.stopped == "max_steps"
+
+
+# --------------------------------------------------------------------------- issue 14: what used to get through
+def _finite_on_disk(root: Path) -> None:
+    for f in root.rglob("*.safetensors"):
+        assert all(torch.isfinite(v).all() for v in load_file(str(f)).values()), f"non-finite weights in {f}"
+
+
+class _NaNGradAt(torch.nn.Module):
+    """InfoNCE plus ``0 * sqrt(x - x)`` on call number ``at``: the loss value is unchanged and
+    finite, the gradients are NaN (d sqrt / dx at 0 is inf, times 0)."""
+
+    def __init__(self, at: int):
+        super().__init__()
+        self.at, self.calls = at, 0
+        self.inner = make_loss("infonce", label_smoothing=0.1)
+
+    def forward(self, a, b, logit_scale, ids=None):
+        self.calls += 1
+        loss = self.inner(a, b, logit_scale, ids=ids)
+        return loss + 0 * torch.sqrt(a - a).sum() if self.calls == self.at else loss
+
+
+class _NaNGradTrainer(Trainer):
+    """The same fault through the public override point."""
+
+    calls = 0
+
+    def compute_loss(self, batch):
+        loss, logs = super().compute_loss(batch)
+        type(self).calls += 1
+        if type(self).calls == 5:
+            x = self.model.logit_scale
+            loss = loss + 0 * torch.sqrt(x - x)
+        return loss, logs
+
+
+@pytest.mark.parametrize("route", ["loss_fn", "compute_loss"])
+def test_nan_gradients_with_finite_loss_stop_before_the_update(data, tmp_path, route):
+    model = _model()
+    cfg = _cfg(output_dir=str(tmp_path), save_every_steps=2)
+    _NaNGradTrainer.calls = 0
+    kw = {"loss_fn": _NaNGradAt(5)} if route == "loss_fn" else {"trainer": _NaNGradTrainer}
+    with pytest.raises(NonFiniteLossError, match=r"gradients are not finite .* at epoch 1/2, optimizer step 5") as info:
+        fit(model, data, cfg, **kw)
+    err = info.value
+    assert err.kind == "gradients" and math.isfinite(err.loss) and err.step == 4
+    assert err.checkpoint == tmp_path / "checkpoints" / "step-00000004" == find_checkpoint(tmp_path)
+    saved = load_file(str(err.checkpoint / "model.safetensors"))
+    _assert_same_weights(_weights(model), saved)   # the NaN step was not applied
+    assert not (tmp_path / "model.safetensors").exists()
+    _finite_on_disk(tmp_path)
+    # the same with clipping (the norm comes from clip_grad_norm_) and with accumulation
+    with pytest.raises(NonFiniteLossError, match="gradients are not finite"):
+        fit(_model(), data, _cfg(grad_clip=1.0), loss_fn=_NaNGradAt(3))
+    with pytest.warns(UserWarning, match="accumulate=2"), pytest.raises(NonFiniteLossError, match="optimizer step 2"):
+        fit(_model(), data, _cfg(accumulate=2), loss_fn=_NaNGradAt(4))
+
+
+def test_non_finite_weights_are_never_saved(data, tmp_path):
+    def poison(event):
+        if event["event"] == "step_end" and event["step"] == 3:
+            with torch.no_grad():
+                event["model"].visual.conv1.weight[0, 0, 0, 0] = float("inf")
+
+    model = _model()
+    with pytest.raises(NonFiniteLossError, match="weights are not finite") as info:
+        fit(model, data, _cfg(output_dir=str(tmp_path), save_every_steps=1), callbacks=[poison])
+    assert info.value.kind == "weights" and find_checkpoint(tmp_path).name == "step-00000002"
+    _finite_on_disk(tmp_path)
+    _assert_same_weights(_weights(model), load_file(str(find_checkpoint(tmp_path) / "model.safetensors")))  # reset
+
+
+def test_fresh_run_into_a_used_output_dir_refuses_or_overwrites(data, tmp_path):
+    cfg = _cfg(output_dir=str(tmp_path), max_steps=2)
+    fit(_model(), data, cfg)
+    (tmp_path / "notes.txt").write_text("mine")
+    with pytest.raises(T.RunExistsError, match=r"already holds a training run.*--resume.*--overwrite") as info:
+        fit(_model(), data, cfg)
+    assert isinstance(info.value, ValueError) and "TrainConfig.overwrite" in str(info.value)
+    assert find_checkpoint(tmp_path).name == "step-00000002"   # nothing touched
+    with pytest.raises(ValueError, match="drop one"):
+        fit(_model(), data, cfg.replace(overwrite=True), resume=True)
+    h = fit(_model(seed=5), data, cfg.replace(overwrite=True, max_steps=1, save_every_steps=None))
+    assert [p.name for p in (tmp_path / "checkpoints").iterdir() if p.name.startswith("step")] == ["step-00000001"]
+    assert list(h.steps["step"]) == [1] and (tmp_path / "notes.txt").read_text() == "mine"
+    assert TrainConfig.from_yaml(tmp_path / "config.yaml").overwrite is False   # resumable as written
+    fit(_model(), data, cfg.replace(max_steps=2), resume=True)   # resuming is not a fresh run
+
+
+def test_resume_at_max_steps_adds_no_step_and_no_evaluation(data, tmp_path):
+    cfg = _cfg(output_dir=str(tmp_path), max_steps=3)
+    full = fit(_model(), data, cfg, eval_data=data)
+    again = fit(_model(), data, cfg, eval_data=data, resume=True)
+    pd.testing.assert_frame_equal(full.table[COMPARED], again.table[COMPARED], check_exact=True)
+    assert again.stopped == "max_steps" and list(again.steps["step"]) == [1, 2, 3]
+    # interrupted right at max_steps: the resume adds the evaluation the uninterrupted run made, once
+    run = tmp_path / "cut"
+    fit(_model(), data, cfg.replace(output_dir=str(run)), eval_data=data, callbacks=[_interrupt_at(3)])
+    resumed = fit(_model(), data, cfg.replace(output_dir=str(run)), eval_data=data, resume=True)
+    pd.testing.assert_frame_equal(full.table[COMPARED], resumed.table[COMPARED], check_exact=True)
+
+
+def test_a_batch_of_one_pair_is_refused(tmp_path):
+    one = _make_dataset(tmp_path / "one", n_train=1, n_test=0, k=2)
+    with pytest.raises(ValueError, match=r"batch_size=1 .* no negatives.*set batch_size >= 2"):
+        fit(_model(), one, _cfg(batch_size=1, epochs=1))
+
+
+def test_corrupted_checkpoint_falls_back_to_the_previous_one(data, tmp_path):
+    cfg = _cfg(output_dir=str(tmp_path), save_every_steps=1, keep_checkpoints=3)
+    fit(_model(), data, cfg, callbacks=[_interrupt_at(3)])
+    folder = tmp_path / "checkpoints"
+    (folder / "step-00000003" / "trainer.pt").write_bytes(b"\0" * 100)
+    with pytest.raises(T.CheckpointError, match=r"step-00000003/trainer.pt is unreadable"):
+        T.load_checkpoint(folder / "step-00000003")
+    with pytest.raises(T.CheckpointError, match=r"step-00000003/trainer.pt"):   # named explicitly: no fallback
+        fit(_model(), data, cfg, resume=folder / "step-00000003")
+    (folder / "latest.json").write_text("{garbage")
+    with pytest.warns(UserWarning, match=r"latest.json is unreadable"), \
+            pytest.warns(UserWarning, match=r"step-00000003/trainer.pt is unreadable.*trying the previous"):
+        h = fit(_model(), data, cfg.replace(max_steps=4), resume=True)
+    assert list(h.steps["step"]) == [1, 2, 3, 4]
+
+
+# --------------------------------------------------------------------------- every config field
+_HINTS = typing.get_type_hints(TrainConfig)
+_FIELDS = [f.name for f in dataclasses.fields(TrainConfig)]
+
+
+def _wrong_types(name: str) -> list:
+    """Values of the wrong type for field ``name``, derived from its annotation."""
+    hint = _HINTS[name]
+    args = [a for a in typing.get_args(hint) if a is not type(None)]
+    base = args[0] if args and typing.get_origin(hint) is not tuple else hint
+    origin = typing.get_origin(base) or base
+    return {bool: ["maybe", 2, 0.5],
+            int: [1.5, 8.7, "x", True, float("inf")],
+            float: ["fast", float("inf"), float("nan"), True, [1.0]],
+            str: [3, ["a"]] + ([] if name == "amp" else [True]),
+            dict: [[1], "x", 3],
+            tuple: [0.9, [0.9], ["a", "b"], "0.9,0.99"]}[origin]
+
+
+#: a value out of range for every field that has a range; the rest are listed in _UNBOUNDED
+_OUT_OF_RANGE = {
+    "model": "", "resize": "stretch", "data": "", "train_split": "", "query_split": "", "gallery_split": "",
+    "batch_size": 0, "per_epoch": "pairs", "flip_p": 1.5, "num_workers": -1, "group_by": "", "on_error": "ignore",
+    "reinit_blocks": -1, "epochs": 0, "lr": 0.0, "lr_end": 1.0, "schedule": "step", "power": 0.0,
+    "warmup_epochs": -0.5, "weight_decay": -0.1, "betas": (0.9, 1.0), "grad_clip": 0.0, "accumulate": 0,
+    "max_steps": 0, "max_minutes": 0.0, "seed": -1, "loss": "nope", "label_smoothing": 1.0, "temperature": 1e-4,
+    "max_logit_scale": 0.5, "amp": "fp8", "device": "tpu", "eval_every": -1, "eval_batch_size": 0,
+    "output_dir": "", "save_every_steps": 0, "keep_checkpoints": 0,
+}
+_UNBOUNDED = {"pretrained", "image_only", "projection", "synthetic", "cache_images", "loss_kwargs",
+              "learn_temperature", "grad_checkpointing", "eval_before", "eval_flip", "progress", "overwrite"}
+
+
+def test_every_config_field_is_classified():
+    assert set(_OUT_OF_RANGE) | _UNBOUNDED == set(_FIELDS), "a new TrainConfig field needs a range test entry"
+    assert not set(_OUT_OF_RANGE) & _UNBOUNDED
+
+
+@pytest.mark.parametrize("name", _FIELDS)
+def test_wrong_typed_config_values_name_the_field(name):
+    origin = typing.get_origin(_HINTS[name])
+    is_str = _HINTS[name] is str or (origin is not tuple and str in typing.get_args(_HINTS[name]))
+    for value in _wrong_types(name):
+        with pytest.raises(ValueError, match=rf"TrainConfig\.{name}\b"):
+            TrainConfig(**{name: value})                     # Python
+        with pytest.raises(ValueError, match=rf"TrainConfig\.{name}\b"):
+            TrainConfig.from_dict({name: value})             # YAML
+        if not is_str:                                       # a command line's --set name=value (any text is a str)
+            with pytest.raises(ValueError, match=rf"TrainConfig\.{name}\b"):
+                load_config(None, {name: str(value)})
+
+
+@pytest.mark.parametrize("name", sorted(_OUT_OF_RANGE))
+def test_out_of_range_config_values_name_the_field(name):
+    with pytest.raises(ValueError, match=rf"TrainConfig\.{name}\b"):
+        TrainConfig(**{name: _OUT_OF_RANGE[name]})
+    value = _OUT_OF_RANGE[name]
+    if value == "" and type(None) in typing.get_args(_HINTS[name]):
+        return   # in YAML and on a command line an empty value of an optional field means None
+    with pytest.raises(ValueError, match=rf"TrainConfig\.{name}\b"):
+        TrainConfig.from_yaml(yaml.safe_dump({name: list(value) if isinstance(value, tuple) else value}) + "\n")
+
+
+@pytest.mark.parametrize("name", _FIELDS)
+def test_unknown_config_fields_are_named_with_a_suggestion(name):
+    with pytest.raises(ValueError, match=rf"unknown TrainConfig field\(s\): '{name}x' \(did you mean '{name}'"):
+        TrainConfig.from_dict({name + "x": getattr(TrainConfig(), name)})
+
+
+def test_whole_numbers_and_paths_are_accepted():
+    cfg = TrainConfig(epochs=2.0, batch_size=np.int64(8), lr=1, output_dir=Path("runs/x"), betas=[0.9, 0.98])
+    assert (cfg.epochs, cfg.batch_size, cfg.lr, cfg.output_dir, cfg.betas) == (2, 8, 1.0, "runs/x", (0.9, 0.98))
+    assert type(cfg.batch_size) is int and TrainConfig.from_yaml(cfg.to_yaml()) == cfg
+    with pytest.raises(ValueError, match=r"TrainConfig\.epochs=1\.5 .*whole epochs"):
+        TrainConfig.from_yaml("epochs: 1.5\n")
+
+
+def test_fp16_overflow_is_skipped_by_the_scaler_and_a_run_of_them_stops(data):
+    """Under fp16 an inf/NaN gradient is the grad scaler's business (skip the step, halve the
+    scale); only FP16_MAX_SKIPS skipped steps in a row mean the gradients are broken. The CUDA
+    scaler's logic, exercised with the CPU scaler."""
+    trainer = Trainer(_model(), data, _cfg(flip_p=0.0), loss_fn=_NaNGradAt(0))
+    trainer.scaler = torch.amp.GradScaler("cpu", init_scale=2.0 ** 8)
+    trainer.FP16_MAX_SKIPS = 3
+    trainer.model.train()
+    batches = trainer.batches()
+    trainer.step(next(batches))                       # a normal step
+    before = _weights(trainer.model)
+    trainer.criterion.at = trainer.criterion.calls + 1
+    trainer.step(next(batches))                       # NaN gradients: skipped, not raised
+    _assert_same_weights(before, _weights(trainer.model))
+    assert trainer.scaler.get_scale() == 2.0 ** 7 and trainer.step_count == 2
+    trainer.criterion.at = trainer.criterion.calls + 1
+    trainer.step(next(batches))                       # the second in a row: still the scaler's business
+    trainer.criterion.at = trainer.criterion.calls + 1
+    with pytest.raises(NonFiniteLossError, match="gradients are not finite"):
+        trainer.step(next(batches))                   # the third in a row stops
+    _assert_same_weights(before, _weights(trainer.model))

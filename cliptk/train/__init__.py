@@ -21,7 +21,10 @@ Player Re-Identification", MMSports 2022):
 * checkpoints (:mod:`~cliptk.train.checkpoint`) written atomically, holding everything needed
   to resume exactly (``fit(..., resume=path)``); on CPU a resumed run is bitwise identical to an
   uninterrupted one;
-* a non-finite loss stops training before the update with :class:`NonFiniteLossError`; Ctrl-C
+* a non-finite loss or gradient stops training before the update with :class:`NonFiniteLossError`
+  (no extra host sync: see :mod:`~cliptk.train.loop`), and non-finite weights are never written;
+  a fresh run refuses an ``output_dir`` holding another run (``resume=`` or
+  ``TrainConfig.overwrite``); a resume skips an unreadable checkpoint (warning) for the one before; Ctrl-C
   (or a ``KeyboardInterrupt`` from a callback) finishes cleanly: the model stays in memory, a
   checkpoint is saved and the history comes back with ``interrupted=True``;
 * several GPUs through ``torchrun``: the loss gathers embeddings from all ranks with gradients,
@@ -45,17 +48,18 @@ from __future__ import annotations
 
 from .batches import Batch, PairImages, SkipBatches, joint_flip, make_sampler, train_rows
 from .callbacks import live_plot
-from .checkpoint import find_checkpoint, find_weights
+from .checkpoint import CheckpointError, RunExistsError, find_checkpoint, find_weights, load_checkpoint
 from .config import TrainConfig, load_config
 from .history import COLUMNS, History, NonFiniteLossError
 from .loop import Trainer, fit
 from .schedule import lr_lambda, make_scheduler
+from .timelapse import Frame, Timelapse
 
 __all__ = [
     "TrainConfig", "load_config",
     "fit", "Trainer", "Batch", "History", "COLUMNS", "NonFiniteLossError",
     "lr_lambda", "make_scheduler",
     "make_sampler", "PairImages", "SkipBatches", "joint_flip", "train_rows",
-    "find_checkpoint", "find_weights",
-    "live_plot",
+    "find_checkpoint", "find_weights", "load_checkpoint", "CheckpointError", "RunExistsError",
+    "live_plot", "Timelapse", "Frame",
 ]

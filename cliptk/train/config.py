@@ -14,13 +14,17 @@ Example:
 from __future__ import annotations
 
 import difflib
+import math
+import numbers
 import os
 import re
 import typing
+from collections.abc import Mapping, Sequence
 from dataclasses import asdict, dataclass, field, fields
 from pathlib import Path
 from typing import Any
 
+import numpy as np
 import yaml
 
 from .._util import atomic_write_text
@@ -30,6 +34,7 @@ __all__ = ["TrainConfig", "load_config"]
 
 _AMP = ("auto", "bf16", "fp16", "off")
 _SCHEDULES = ("polynomial", "cosine", "constant")
+_ON_ERROR = ("raise", "skip")
 
 
 @dataclass
@@ -53,7 +58,9 @@ class TrainConfig:
     ``cache_images`` (preprocess every training image once and keep the tensors in memory),
     ``group_by`` (None: :class:`cliptk.samplers.UniqueIdPairSampler`'s random batches; a metadata
     column such as ``"team"`` or ``"game"``: :class:`cliptk.samplers.GroupedPairSampler` batches of
-    whole groups, i.e. in-batch hard negatives).
+    whole groups, i.e. in-batch hard negatives), ``on_error`` (``"raise"``: an unreadable image
+    stops reading the dataset; ``"skip"``: it is left out with a warning; passed to
+    :func:`cliptk.read_dataset` by :func:`cliptk.recipes.run_from_config`).
 
     Model surgery at the start of a fresh run: ``reinit_blocks`` (re-initialise the image tower's
     last N blocks and head, :func:`cliptk.models.reinit_top_blocks`; 0 = keep all pre-trained
@@ -78,10 +85,16 @@ class TrainConfig:
     ``eval_batch_size``.
 
     Checkpoints and logs: ``output_dir`` (None = no checkpoints), ``save_every_steps`` (besides
-    each epoch end), ``keep_checkpoints``, ``progress``.
+    each epoch end), ``keep_checkpoints``, ``progress``, ``overwrite`` (a fresh run into an
+    ``output_dir`` that holds a previous run refuses unless this is True, which first deletes that
+    run's files: see :func:`cliptk.train.checkpoint.run_files`; resuming is ``fit(..., resume=)``).
+
+    Every field is type-checked: integers must be whole numbers (``epochs: 1.5`` is refused),
+    floats finite numbers (``lr: inf`` is refused), strings strings, flags true/false.
 
     Raises:
-        ValueError: a field is out of range; the message names it, its value and what is allowed.
+        ValueError: a field has the wrong type or is out of range; the message names it, its
+            value and what is allowed.
 
     Example:
         >>> cfg = TrainConfig(epochs=2, lr=1e-4)
@@ -107,6 +120,7 @@ class TrainConfig:
     num_workers: int = 0
     cache_images: bool = False
     group_by: str | None = None
+    on_error: str = "raise"
     # model surgery (fresh runs only)
     reinit_blocks: int = 0
     # optimisation
@@ -144,18 +158,24 @@ class TrainConfig:
     save_every_steps: int | None = None
     keep_checkpoints: int = 2
     progress: bool = True
+    overwrite: bool = False
 
     def __post_init__(self) -> None:
-        self.betas = tuple(float(b) for b in self.betas)  # YAML gives a list
-        self.synthetic = dict(self.synthetic or {})
-        self.loss_kwargs = dict(self.loss_kwargs or {})
-        if self.output_dir is not None:
-            self.output_dir = str(self.output_dir)
         if isinstance(self.amp, bool):  # YAML 1.1 reads a bare `off` as false
             self.amp = "auto" if self.amp else "off"
+        hints = _hints()
+        for f in fields(self):  # types first: the range checks below compare numbers
+            setattr(self, f.name, _typed(f.name, getattr(self, f.name), hints[f.name]))
 
         def bad(name: str, allowed: str) -> ValueError:
             return ValueError(f"TrainConfig.{name}={getattr(self, name)!r} is invalid: {allowed}")
+
+        for name in ("model", "train_split", "query_split", "gallery_split"):
+            if not getattr(self, name).strip():
+                raise bad(name, "must be a non-empty string")
+        for name in ("data", "output_dir", "group_by"):
+            if getattr(self, name) is not None and not getattr(self, name).strip():
+                raise bad(name, "must be None or a non-empty string")
 
         for name in ("batch_size", "epochs", "accumulate", "eval_batch_size", "keep_checkpoints"):
             if int(getattr(self, name)) < 1:
@@ -166,6 +186,8 @@ class TrainConfig:
         for name in ("max_steps", "save_every_steps"):
             if getattr(self, name) is not None and int(getattr(self, name)) < 1:
                 raise bad(name, "must be None or an integer >= 1")
+        if self.seed < 0:
+            raise bad("seed", "must be an integer >= 0")
         if not self.lr > 0:
             raise bad("lr", "must be > 0")
         if not 0 <= self.lr_end <= self.lr:
@@ -207,6 +229,8 @@ class TrainConfig:
             raise bad("amp", f"choose one of {_AMP}")
         if not re.fullmatch(r"auto|cpu|cuda(:\d+)?|mps", str(self.device)):
             raise bad("device", "choose 'auto', 'cpu', 'cuda' or 'cuda:N'")
+        if self.on_error not in _ON_ERROR:
+            raise bad("on_error", f"choose one of {_ON_ERROR}")
 
     # --- YAML / dict round trip ---------------------------------------------------------------
     def to_dict(self) -> dict[str, Any]:
@@ -255,6 +279,73 @@ class TrainConfig:
         """A copy with ``changes`` applied; string values are converted to the field's type
         (so command-line ``--set lr=1e-4`` works)."""
         return self.from_dict({**self.to_dict(), **changes})
+
+
+def _hints() -> dict[str, Any]:
+    global _HINTS
+    if _HINTS is None:
+        _HINTS = typing.get_type_hints(TrainConfig)
+    return _HINTS
+
+
+_HINTS: dict[str, Any] | None = None
+_PATHS = {"data", "output_dir"}   # str fields that also take a pathlib.Path
+_TYPE_HINTS = {"epochs": " (whole epochs: the schedule spans them; stop part-way with max_steps)"}
+
+
+def _typed(name: str, value: Any, hint: Any) -> Any:
+    """``value`` as the plain Python type of field ``name`` (annotation ``hint``), or a
+    ``ValueError`` naming the field: ints must be whole (``2.0`` is 2, ``1.5`` is refused), floats
+    finite, bools true/false, ``X | None`` also takes None; YAML lists become the tuple of
+    ``betas``, None becomes ``{}`` for the dict fields."""
+    args = typing.get_args(hint)
+    optional = type(None) in args
+    base = next((a for a in args if a is not type(None)), hint) if optional else hint
+    origin = typing.get_origin(base) or base
+    what = {bool: "true or false", int: "an integer", float: "a finite number", str: "a string",
+            dict: "a mapping of key: value", tuple: f"a list of {len(typing.get_args(base))} numbers"}[origin]
+
+    def bad() -> ValueError:
+        return ValueError(f"TrainConfig.{name}={value!r} is invalid: must be {what}{' or None' if optional else ''}, "
+                          f"got {type(value).__name__}{_TYPE_HINTS.get(name, '')}")
+
+    if value is None:
+        if optional:
+            return None
+        if origin is dict:
+            return {}
+        raise bad()
+    is_bool = isinstance(value, (bool, np.bool_))
+    if origin is bool:
+        if not is_bool:
+            raise bad()
+        return bool(value)
+    if origin is int:
+        if is_bool or not isinstance(value, numbers.Real) or not math.isfinite(value) or value != int(value):
+            raise bad()
+        return int(value)
+    if origin is float:
+        if is_bool or not isinstance(value, numbers.Real) or not math.isfinite(value):
+            raise bad()
+        return float(value)
+    if origin is str:
+        if name in _PATHS and isinstance(value, os.PathLike):
+            return os.fspath(value)
+        if not isinstance(value, str):
+            raise bad()
+        return value
+    if origin is dict:
+        if not isinstance(value, Mapping):
+            raise bad()
+        return dict(value)
+    # tuple[float, ...] (betas)
+    n = len(typing.get_args(base))
+    if isinstance(value, (str, bytes)) or not isinstance(value, Sequence) or len(value) != n:
+        raise bad()
+    try:
+        return tuple(_typed(name, v, float) for v in value)
+    except ValueError:
+        raise bad() from None
 
 
 def _coerce(name: str, value: Any) -> Any:

@@ -1,5 +1,6 @@
 """What a training run did: :class:`History` (one row per optimizer step and per evaluation) and
-:class:`NonFiniteLossError` (the run stopped on a NaN/inf loss, with the history up to it).
+:class:`NonFiniteLossError` (the run stopped on a NaN/inf loss, gradient or weight, with the history up to
+it).
 
 The rows are plain dicts (they go into every checkpoint, so a resumed run continues the same
 table); :attr:`History.table` is the ``pandas`` view. Columns are :data:`COLUMNS`, plus any scalar
@@ -86,12 +87,15 @@ class History:
 
 
 class NonFiniteLossError(FloatingPointError):
-    """The loss became NaN or infinite; training stopped before applying that update.
+    """The loss, the gradients or the weights became NaN or infinite; training stopped before
+    applying that update, and nothing non-finite was written to disk.
 
-    Attributes: ``epoch``, ``step``, ``loss`` (the value), ``checkpoint`` (the last good one or
-    None) and ``history`` (the rows up to the failure)."""
+    Attributes: ``kind`` (``"loss"``, ``"gradients"`` or ``"weights"``), ``epoch``, ``step``,
+    ``loss`` (the loss value; NaN when unknown), ``checkpoint`` (the last good one or None) and
+    ``history`` (the rows up to the failure)."""
 
     def __init__(self, message: str, *, epoch: int, step: int, loss: float, checkpoint: Path | None,
-                 history: History):
+                 history: History, kind: str = "loss"):
         super().__init__(message)
         self.epoch, self.step, self.loss, self.checkpoint, self.history = epoch, step, loss, checkpoint, history
+        self.kind = kind

@@ -5,9 +5,15 @@
 subclass :class:`Trainer`, override :meth:`Trainer.compute_loss`, and pass the class as
 ``fit(..., trainer=MyTrainer)``. Everything around the loss stays in :meth:`Trainer.step`, written
 once: autocast and fp16 gradient scaling, gradient accumulation (and DDP's ``no_sync``), the
-finite-loss guard, gradient clipping, the optimizer and schedule step, the temperature clamp, the
-history row, callbacks, periodic checkpoints and the stop conditions. Checkpoints, exact resume
-(bitwise on CPU), several processes and Ctrl-C are handled by the Trainer as well.
+finite loss-and-gradient guard, gradient clipping, the optimizer and schedule step, the temperature
+clamp, the history row, callbacks, periodic checkpoints and the stop conditions. Checkpoints, exact
+resume (bitwise on CPU, falling back past an unreadable checkpoint), several processes and Ctrl-C
+are handled by the Trainer as well; a fresh run refuses an ``output_dir`` that holds another run.
+
+The finite guard costs no extra host sync: the loss value (which the History row needs anyway) and
+the gradients' global norm (computed on the device, as part of clipping when ``grad_clip`` is set)
+come to the host together in one transfer per micro-batch, as the loss alone did before; under fp16
+the gradient scaler's own overflow check decides instead.
 
 Example: the override point's signature (a full subclass runs in :class:`Trainer`'s docstring):
     >>> import inspect
@@ -35,7 +41,7 @@ from torch import nn
 from torch.utils.data import DataLoader
 from tqdm.auto import tqdm
 
-from .._util import world
+from .._util import atomic_write_text, world
 from ..data import ReIdDataset
 from ..evaluate import evaluate
 from ..losses import LOSSES, make_loss
@@ -44,6 +50,7 @@ from . import checkpoint as ckpt
 from .batches import Batch, PairImages, SkipBatches, joint_flip, make_sampler, train_rows
 from .config import TrainConfig
 from .devices import amp_dtype, init_distributed, pick_device
+from .guard import grad_norm, non_finite_message, step_scalars
 from .history import COLUMNS, History, NonFiniteLossError
 from .schedule import make_scheduler
 
@@ -169,8 +176,10 @@ class Trainer:
 
     Raises:
         KeyError: ``train_data`` lacks the train split. ValueError: too few identities for the
-        batch size, an unreadable training image, ``resume=True`` without ``output_dir``.
-        FileNotFoundError: ``resume`` names no checkpoint.
+        batch size, a batch of one pair (no negatives), an unreadable training image,
+        ``resume=True`` without ``output_dir``, ``resume=`` together with ``overwrite=True``.
+        FileNotFoundError: ``resume`` names no checkpoint. RunExistsError: a fresh run into an
+        ``output_dir`` holding another run. CheckpointError: no readable checkpoint to resume.
     """
 
     def __init__(self, model: ClipModel, train_data: ReIdDataset, config: TrainConfig | None = None,
@@ -192,8 +201,11 @@ class Trainer:
         self._was_training = model.training
         model.to(self.device)
 
+        self._loaded: tuple[dict, dict] | None = None     # what _find_resume read from the checkpoint
         self.resumed_from = self._find_resume(resume)
         self.fresh = self.resumed_from is None
+        if self.fresh and cfg.output_dir:
+            self._claim_output_dir()
         _prepare_model(model, cfg, fresh=self.fresh)
         ckpt.seed_all(cfg.seed + self.rank)
         if cfg.reinit_blocks and self.fresh:
@@ -202,6 +214,14 @@ class Trainer:
                 torch.manual_seed(cfg.seed)
                 reinit_top_blocks(model, cfg.reinit_blocks)
 
+        if sampler is None and cfg.batch_size * self.world_size < 2:
+            msg = (f"TrainConfig.batch_size={cfg.batch_size} with {self.world_size} process(es) gives batches of ONE "
+                   "(query, positive) pair: a contrastive loss then has no negatives, InfoNCE is exactly 0 and nothing "
+                   "is learnt; set batch_size >= 2 (the training split needs at least 2 identities)")
+            if loss_fn is None:
+                raise ValueError(msg)
+            warnings.warn(msg + " (a custom loss_fn is used: make sure it learns from a single pair)", UserWarning,
+                          stacklevel=3)
         self.sampler = sampler if sampler is not None else make_sampler(self.train, cfg, self.rank, self.world_size)
         self.batches_per_epoch = (len(self.sampler) // cfg.accumulate) * cfg.accumulate
         self.steps_per_epoch = self.batches_per_epoch // cfg.accumulate
@@ -216,9 +236,12 @@ class Trainer:
 
         self.history = History()
         self.epoch, self.batch, self.step_count, self.seconds = 0, 0, 0, 0.0
+        self._resume_reason = None
         if self.resumed_from is not None:
             st = ckpt.restore(self.resumed_from, model, self.optimizer, self.scheduler, self.scaler, cfg, self.device,
-                              self.rank)
+                              self.rank, loaded=self._loaded)
+            self._loaded = None
+            self._resume_reason = st.get("reason")
             self.epoch, self.batch, self.step_count, self.seconds = st["epoch"], st["batch"], st["step"], st["seconds"]
             self.history.rows, self.history.checkpoint = list(st["history"]), self.resumed_from
             if self.main:
@@ -232,13 +255,14 @@ class Trainer:
                 model, device_ids=[self.device.index] if self.device.type == "cuda" else None)
         self.checkpoint_folder = Path(cfg.output_dir) / "checkpoints" if cfg.output_dir else None
         if self.main and cfg.output_dir:
-            cfg.to_yaml(Path(cfg.output_dir) / "config.yaml")
+            cfg.replace(overwrite=False).to_yaml(Path(cfg.output_dir) / ckpt.CONFIG)  # resumable as it stands
 
         self.bar = None                      # the progress bar of fit()
         self.stop = _StopRequest()           # Ctrl-C while fit() runs
         self._t_start = self._t_step = time.perf_counter()
         self._in_update = False
         self._micro, self._loss_sum, self._log_sums = 0, 0.0, {}
+        self._fp16_skips = 0                 # consecutive fp16 steps the grad scaler skipped (inf/NaN gradients)
 
     def _find_resume(self, resume) -> Path | None:
         if resume is None or resume is False:
@@ -246,11 +270,21 @@ class Trainer:
         where = self.config.output_dir if resume is True else resume
         if where is None:
             raise ValueError("resume=True needs config.output_dir (the run folder to resume)")
-        path = ckpt.find_checkpoint(where)
-        if path is None:
-            raise FileNotFoundError(f"no complete checkpoint under {where}; start without resume= or point it at "
-                                    "a run's output_dir / checkpoints/step-NNNNNNNN folder")
+        if self.config.overwrite:
+            raise ValueError("TrainConfig.overwrite=True deletes the run in output_dir, and resume= continues it: "
+                             "drop one of the two (--overwrite / --resume)")
+        path, self._loaded = ckpt.load_resumable(where, warn=self.main)
         return path
+
+    def _claim_output_dir(self) -> None:
+        """Rank 0 checks (and with ``overwrite`` clears) ``output_dir``; every rank raises together."""
+        msg = ckpt.claim_output_dir(self.config.output_dir, self.config.overwrite) if self.main else None
+        if self.world_size > 1:
+            box = [msg]
+            dist.broadcast_object_list(box, src=0)
+            msg = box[0]
+        if msg:
+            raise ckpt.RunExistsError(msg)
 
     # ------------------------------------------------------------------------- the override point
     def compute_loss(self, batch: Batch) -> tuple[torch.Tensor, dict[str, float]]:
@@ -291,17 +325,24 @@ class Trainer:
 
     # ------------------------------------------------------------------------- one step
     def step(self, batch: Batch) -> dict[str, float]:
-        """Train on one (micro-)batch: :meth:`compute_loss` under autocast, the finite-loss guard,
-        the scaled backward pass; on the last micro-batch of ``accumulate`` also gradient clipping,
+        """Train on one (micro-)batch: :meth:`compute_loss` under autocast, the scaled backward
+        pass, the finite guard; on the last micro-batch of ``accumulate`` also gradient clipping,
         the optimizer and schedule step, the temperature clamp, the History row, the
         ``"step_end"`` callbacks, a periodic checkpoint and the stop conditions (``max_steps``,
         ``max_minutes``, Ctrl-C, which raises ``KeyboardInterrupt`` for :meth:`fit`).
+
+        The finite guard: the loss value and, on the last micro-batch, the gradients' global norm
+        reach the host in one transfer (the one the loss value always needed); a NaN/inf in
+        either stops before the optimizer step. Under fp16 the gradient scaler skips a step whose
+        gradients overflowed (that is how fp16 training runs); only a run of
+        :attr:`FP16_MAX_SKIPS` skipped steps in a row stops.
 
         Returns:
             This micro-batch's logs: ``{"loss": value, **logs}`` (values averaged over ranks).
 
         Raises:
-            NonFiniteLossError: the loss is NaN/inf; nothing of this batch was applied.
+            NonFiniteLossError: the loss or the gradients are NaN/inf; nothing of this step was
+                applied and the gradients are cleared.
             ValueError: a logged name is a History column (``loss``, ``lr`` ...).
         """
         cfg = self.config
@@ -309,42 +350,50 @@ class Trainer:
         with contextlib.nullcontext() if last_micro else self.net.no_sync():
             with self.autocast():
                 loss, logs = self.compute_loss(batch)
-            value, logs = self._mean_over_ranks(loss, logs)
-            if not math.isfinite(value):
-                raise self._non_finite(value)
             self.scaler.scale(loss / cfg.accumulate).backward()
+        update = self._micro + 1 == cfg.accumulate
+        norm = grad_norm(self.optimizer, self.scaler, cfg.grad_clip) if update else None
+        value, gnorm, logs = self._mean_over_ranks(loss, logs, norm)  # the step's one host sync
+        if not math.isfinite(value):
+            self.optimizer.zero_grad(set_to_none=True)
+            raise self._non_finite("loss", value)
+        if norm is not None and not math.isfinite(gnorm):
+            if not self.scaler.is_enabled():
+                self.optimizer.zero_grad(set_to_none=True)
+                raise self._non_finite("gradients", gnorm, loss=value)
+            self._fp16_skips += 1   # scaler.step below skips this update and lowers the scale
+            if self._fp16_skips >= self.FP16_MAX_SKIPS:
+                self.optimizer.zero_grad(set_to_none=True)
+                raise self._non_finite("gradients", gnorm, loss=value)
+        elif norm is not None:
+            self._fp16_skips = 0
         self._loss_sum += value
         for k, v in logs.items():
             self._log_sums[k] = self._log_sums.get(k, 0.0) + v
         self._micro += 1
-        if self._micro == cfg.accumulate:
+        if update:
             self._update(images=batch[0].shape[0])
         return {"loss": value, **logs}
 
-    def _mean_over_ranks(self, loss: torch.Tensor, logs: dict) -> tuple[float, dict[str, float]]:
-        """The loss value and the logs as floats, averaged over ranks (identical on every rank, so
-        every rank takes the same finite-guard decision and logs the same numbers)."""
+    #: under fp16, this many optimizer steps in a row skipped by the grad scaler (inf/NaN
+    #: gradients, the scale halved each time) stop the run: the gradients are not an overflow
+    FP16_MAX_SKIPS = 30
+
+    def _mean_over_ranks(self, loss: torch.Tensor, logs: dict, norm: torch.Tensor | None = None
+                         ) -> tuple[float, float, dict[str, float]]:
+        """:func:`cliptk.train.guard.step_scalars` (the step's one host sync); logged names must
+        not be History columns."""
         clash = set(logs) & set(COLUMNS)
         if clash:
             raise ValueError(f"{type(self).__name__}.compute_loss logged {sorted(clash)}, which are History columns; "
                              "rename them")
-        if self.world_size == 1:
-            return float(loss.detach()), {k: float(_to_python(v)) for k, v in logs.items()}
-        values = [loss.detach().float().reshape(())]
-        values += [torch.as_tensor(_to_python(v), dtype=torch.float32).reshape(()) for v in logs.values()]
-        t = torch.stack([v.to(self.device) for v in values])
-        dist.all_reduce(t)
-        t /= self.world_size
-        out = t.tolist()
-        return out[0], dict(zip(logs, out[1:]))
+        return step_scalars(loss, norm, logs, self.world_size)
 
     def _update(self, images: int) -> None:
-        """The optimizer step after the last micro-batch, then its History row and bookkeeping."""
+        """The optimizer step after the last micro-batch (gradients already unscaled, clipped and
+        checked by :meth:`step`), then its History row and bookkeeping."""
         cfg, opt = self.config, self.optimizer
         self._in_update = True
-        if cfg.grad_clip is not None:
-            self.scaler.unscale_(opt)
-            nn.utils.clip_grad_norm_([p for g in opt.param_groups for p in g["params"]], cfg.grad_clip)
         self.scaler.step(opt)
         self.scaler.update()
         lr_used = opt.param_groups[0]["lr"]
@@ -383,16 +432,29 @@ class Trainer:
             self.history.stopped = "max_minutes"
         self._t_step = time.perf_counter()
 
-    def _non_finite(self, value: float) -> NonFiniteLossError:
-        cfg, h = self.config, self.history
-        where = h.checkpoint or "none (set TrainConfig.output_dir to keep checkpoints)"
-        return NonFiniteLossError(
-            f"loss is {value} at epoch {self.epoch + 1}/{cfg.epochs}, optimizer step {self.step_count + 1} (batch "
-            f"{self.batch + self._micro} of the epoch); training stopped before this update, so the model in memory "
-            f"holds the weights of step {self.step_count} and the last checkpoint is {where}. Try a lower lr (now "
-            f"{cfg.lr:g}), amp='bf16' instead of fp16, grad_clip=1.0, or check the batch's images; continue with "
-            "fit(..., resume=<checkpoint>).",
-            epoch=self.epoch, step=self.step_count, loss=value, checkpoint=h.checkpoint, history=h)
+    def _non_finite(self, what: str, value: float | str, loss: float | None = None) -> NonFiniteLossError:
+        """The error for a NaN/inf ``what`` (``"loss"``, ``"gradients"``, ``"weights"``, see
+        :func:`cliptk.train.guard.non_finite_message`). Weights that are no longer finite
+        (corrupted outside an update: a hook, a callback) are reset to the last checkpoint's."""
+        bad = value if what == "weights" else ckpt.first_nonfinite(self.model.state_dict())  # failure path only
+        kept = self._reset_to_checkpoint() if bad is not None else \
+            f"the model in memory holds the weights of step {self.step_count}"
+        h = self.history
+        msg = non_finite_message(what, value, loss, bad_weights=bad, kept=kept, cfg=self.config, epoch=self.epoch,
+                                 step=self.step_count, batch=self.batch + self._micro, checkpoint=h.checkpoint)
+        return NonFiniteLossError(msg, epoch=self.epoch, step=self.step_count,
+                                  loss=float(value) if what == "loss" else (loss if loss is not None else float("nan")),
+                                  checkpoint=h.checkpoint, history=h, kind=what)
+
+    def _reset_to_checkpoint(self) -> str:
+        """Load the last checkpoint's weights into the model (they are finite: saves refuse
+        anything else); say what the model in memory now holds."""
+        h = self.history
+        if h.checkpoint is None:
+            return "the model in memory holds NaN/inf weights (no checkpoint to reset it to: reload your weights)"
+        from safetensors.torch import load_file   # the rare path: reset after corrupted weights
+        self.model.load_state_dict(load_file(str(Path(h.checkpoint) / ckpt.WEIGHTS), device=str(self.device)))
+        return f"the model in memory was reset to the weights of the last checkpoint ({h.checkpoint})"
 
     # ------------------------------------------------------------------------- batches and epochs
     def batches(self) -> Iterator[Batch]:
@@ -456,7 +518,9 @@ class Trainer:
                 self.emit("train_begin", self.row("begin"))
                 if self.fresh and cfg.eval_before:
                     self.evaluate()
-                while self.epoch < cfg.epochs:
+                if not self.fresh and cfg.max_steps is not None and self.step_count >= cfg.max_steps:
+                    self._resumed_at_max_steps()
+                while self.epoch < cfg.epochs and not h.stopped:
                     for batch in self.batches():
                         self.step(batch)
                         if h.stopped:
@@ -472,9 +536,35 @@ class Trainer:
             self.bar.close()
             self.model.train(self._was_training)
         if self.main and cfg.output_dir and not h.interrupted:
-            save_model(self.model, Path(cfg.output_dir) / "model.safetensors", metadata={"step": self.step_count})
+            self._check_weights()
+            final = Path(cfg.output_dir) / ckpt.WEIGHTS
+            try:
+                save_model(self.model, final, metadata={"step": self.step_count})
+            except Exception as err:
+                raise OSError(f"could not write {final}: {type(err).__name__}: {err}; the run's last checkpoint "
+                              f"{h.checkpoint} holds the same weights") from err
         self.emit("train_end", h.rows[-1] if h.rows else None)
         return h
+
+    def _resumed_at_max_steps(self) -> None:
+        """A run resumed at (or past) ``max_steps`` trains no further step; it only adds what an
+        uninterrupted run did on reaching ``max_steps`` (its evaluation and ``"max_steps"``
+        checkpoint) when the checkpoint came before that, e.g. from an interrupt."""
+        h = self.history
+        h.stopped = "max_steps"
+        if self._resume_reason == "max_steps":
+            return
+        evaluated = bool(h.rows) and h.rows[-1]["kind"] == "eval" and h.rows[-1]["step"] == self.step_count
+        if not evaluated:
+            self.evaluate()
+        self.save("max_steps")
+
+    def _check_weights(self) -> None:
+        """Raise :class:`NonFiniteLossError` (after resetting the model to the last checkpoint)
+        if any weight is NaN/inf: nothing non-finite is ever written."""
+        bad = ckpt.first_nonfinite(self.model.state_dict())
+        if bad is not None:
+            raise self._non_finite("weights", bad)
 
     def _interrupted(self) -> None:
         h = self.history
@@ -544,10 +634,16 @@ class Trainer:
         if self.checkpoint_folder is None:
             return
         h = self.history
+        self._check_weights()   # on every rank (the weights are the same), so every rank raises together
         if self.main:
             h.checkpoint = ckpt.save_checkpoint(self.checkpoint_folder, self.model, self.state(reason),
-                                                self.config.keep_checkpoints)
-            h.table.to_csv(Path(self.config.output_dir) / "history.csv", index=False)
+                                                self.config.keep_checkpoints, check_finite=False)
+            csv = Path(self.config.output_dir) / ckpt.HISTORY
+            try:
+                atomic_write_text(csv, h.table.to_csv(index=False))
+            except Exception as err:
+                raise OSError(f"could not write {csv}: {type(err).__name__}: {err}; checkpoint {h.checkpoint} is "
+                              "complete and holds the same history") from err
         if self.world_size > 1 and collective:
             path = [str(h.checkpoint) if h.checkpoint else None]
             dist.broadcast_object_list(path, src=0)
@@ -602,18 +698,26 @@ def fit(model: ClipModel, train_data: ReIdDataset, config: TrainConfig | None = 
 
     Files (with ``output_dir``): ``config.yaml``, ``checkpoints/step-NNNNNNNN/`` (atomic, see
     :mod:`cliptk.train.checkpoint`), ``history.csv`` and, after a run that was not interrupted,
-    ``model.safetensors``. Under torchrun only rank 0 evaluates, logs and writes.
+    ``model.safetensors``; never weights holding NaN/inf. A fresh run (no ``resume``) refuses an
+    ``output_dir`` that already holds a run's checkpoints, weights or history unless
+    ``config.overwrite`` is True (which deletes just those first). A resume that finds its newest
+    checkpoint unreadable warns (naming the file) and continues from the one before. Under
+    torchrun only rank 0 evaluates, logs and writes.
 
     Returns:
         The :class:`cliptk.train.History` (``interrupted=True`` after Ctrl-C, which is not
         re-raised; a command line should check the flag and exit with status 130).
 
     Raises:
-        NonFiniteLossError: the loss became NaN/inf (the message names epoch, step and value;
-            the model holds the last good weights and the last checkpoint is untouched).
+        NonFiniteLossError: the loss, the gradients (with a finite loss) or the weights became
+            NaN/inf (the message names what, the epoch, step and value; the model holds the last
+            good weights and the last checkpoint is untouched).
         KeyError: ``train_data`` lacks the train split. ValueError: too few identities for the
-            batch size, or an unreadable training image. FileNotFoundError: ``resume`` names no
-            checkpoint.
+            batch size, a batch of one pair, or an unreadable training image.
+            FileNotFoundError: ``resume`` names no checkpoint. RunExistsError (a ValueError):
+            ``output_dir`` holds another run. CheckpointError: no readable checkpoint to resume.
+            OSError: a file could not be written (the message names it; the previous checkpoint
+            is intact).
 
     Example:
         >>> history = fit(model, data, TrainConfig(epochs=2, lr=1e-4), eval_data=data)  # doctest: +SKIP
