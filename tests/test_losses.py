@@ -309,7 +309,8 @@ def test_logit_scale_rejects_out_of_range_init():
 
 # --------------------------------------------------------------------------- registry & errors
 def test_make_loss_registry():
-    assert set(LOSSES) == {"infonce", "supcon", "decoupled", "soft", "gist"}
+    # the built-in losses; modules that define more (cliptk.tempnet, cliptk.train.distill) register theirs on import
+    assert {"infonce", "supcon", "decoupled", "soft", "gist"} <= set(LOSSES)
     assert isinstance(make_loss("InfoNCE", label_smoothing=0.0), InfoNCE)
     assert make_loss("supcon").needs_ids and make_loss("decoupled").needs_ids
     assert make_loss("gist").extras == ("guide",)
@@ -342,7 +343,8 @@ def registry():
 
 
 def test_requires_names_the_inputs_a_training_loop_must_make():
-    assert {name: cls.requires for name, cls in LOSSES.items()} == {
+    builtin = ("infonce", "supcon", "decoupled", "soft", "gist")   # others may be registered by then (see above)
+    assert {name: LOSSES[name].requires for name in builtin} == {
         "infonce": (), "supcon": (), "decoupled": (), "soft": ("teacher",), "gist": ("guide",)}
     assert ContrastiveLoss.requires == () and all(set(c.requires) <= set(c.extras) for c in LOSSES.values())
     assert all(issubclass(c, ContrastiveLoss) for c in LOSSES.values())
