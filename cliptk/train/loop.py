@@ -10,6 +10,9 @@ clamp, the history row, callbacks, periodic checkpoints and the stop conditions.
 resume (bitwise on CPU, falling back past an unreadable checkpoint), several processes and Ctrl-C
 are handled by the Trainer as well; a fresh run refuses an ``output_dir`` that holds another run.
 
+Over 600 lines for now (733), and known to be: it is one concept, the state machine of one run, but its
+resume/save/evaluation methods are the next thing to move into their own module (issue 12 stays open for it).
+
 The finite guard costs no extra host sync: the loss value (which the History row needs anyway) and
 the gradients' global norm (computed on the device, as part of clipping when ``grad_clip`` is set)
 come to the host together in one transfer per micro-batch, as the loss alone did before; under fp16
