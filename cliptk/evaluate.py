@@ -9,7 +9,7 @@ camera filtering (:func:`cliptk.data.camids_for_evaluation`), said in one warnin
 from __future__ import annotations
 
 import os
-from typing import Sequence
+from typing import TYPE_CHECKING, Sequence
 
 import numpy as np
 import torch
@@ -18,7 +18,9 @@ import torch.nn.functional as F
 from .data import ReIdDataset, camids_for_evaluation
 from .embed import embed, embed_texts
 from .metrics import ProbeResult, ReIdResult, classify_zero_shot, evaluate_reid, warn_no_cameras
-from .models import ClipModel
+
+if TYPE_CHECKING:   # annotations only: `import cliptk` (every torchrun worker) need not import open_clip
+    from .models import ClipModel
 
 __all__ = ["evaluate", "zero_shot_probe"]
 

@@ -12,30 +12,41 @@ mechanism (``cliptk/model_configs/*.json``):
 * ``cliptk-micro``  — the smallest thing that runs, for tests.
 
 ``pretrained`` is ``None`` (random init), an open_clip tag (``"openai"``, ``"laion2b_s34b_b79k"``,
-...), cliptk's bundled tag, or a local file (an open_clip ``.pt``/``.bin`` checkpoint or a cliptk
-``.safetensors`` file). Weights that are not available offline raise
-:class:`WeightsNotAvailableError`, which says how to supply a local file.
+...), cliptk's bundled tag, or a local file of any layout an open_clip user has (the hub's
+``.safetensors`` / ``.bin``, a training ``.pt`` with ``state_dict`` and DDP prefixes, an
+image-only state dict, or a cliptk ``.safetensors`` whose metadata names its model; see
+:func:`read_checkpoint`). cliptk builds each architecture without weights and loads the file
+itself, so open_clip's "initialized randomly" notice appears only for a real random init (once per
+model name). Weights that are not available offline raise :class:`WeightsNotAvailableError`, which
+says how to supply a local file in Python and on the command line.
 """
 from __future__ import annotations
 
 import json
+import logging
 import os
+import warnings
+from contextlib import contextmanager
 from pathlib import Path
-from typing import Sequence
+from typing import Iterator, Sequence
 
 import open_clip
 import torch
 import torch.nn.functional as F
-from safetensors.torch import load_file, save_file
+from safetensors.torch import save_file
 from torch import nn
 
 from ._util import atomic_path
+from .weights import has_text_tower, load_state, read_checkpoint
 from .settings import data_dir
 
 __all__ = [
     "ClipModel",
     "load_model",
     "save_model",
+    "read_checkpoint",
+    "load_state",
+    "remove_projection",
     "WeightsNotAvailableError",
     "freeze",
     "calibrate_batchnorm",
@@ -154,8 +165,9 @@ class ClipModel(nn.Module):
             RuntimeError: the model was loaded with ``image_only=True``.
         """
         if self.image_only:
-            raise RuntimeError(f"{self.name} was loaded with image_only=True: it has no text tower; "
-                               "load it again with image_only=False for text probes")
+            raise RuntimeError(f"{self.name} was loaded image-only (image_only=True, or from a checkpoint that holds "
+                               f"only an image tower, as `cliptk train` writes: {self.pretrained}): it has no text "
+                               "tower; for text probes load a model with one (e.g. the zero-shot weights)")
         if not isinstance(texts, torch.Tensor):
             texts = self.tokenizer(list(texts))
         return self.clip.encode_text(texts.to(self.device), normalize=normalize)
@@ -188,23 +200,27 @@ def list_models() -> list[str]:
     return open_clip.list_models()
 
 
-def _is_file(pretrained: str | os.PathLike | None) -> bool:
-    return pretrained is not None and (Path(pretrained).suffix in (".safetensors", ".pt", ".bin", ".pth")
-                                       or os.sep in str(pretrained))
+_CHECKPOINT_SUFFIXES = (".safetensors", ".pt", ".pth", ".bin", ".ckpt")
+_RANDOM_INIT_SAID: set[str] = set()   # names whose random init was announced in this process
+
+
+_HOW_TO_PASS = ("pass the file's path: in Python load_model('{name}', '{path}'), on the command line "
+                "--model {name} --pretrained {path} (eval, demo) or --set model={name} pretrained={path} (train)")
 
 
 def _missing_weights(name: str, tag: str, err: Exception | None) -> WeightsNotAvailableError:
     cfg = open_clip.get_pretrained_cfg(name, tag)
     where = cfg.get("hf_hub") or cfg.get("url") or "(see open_clip.list_pretrained())"
     why = f" ({type(err).__name__}: {str(err).splitlines()[0][:200]})" if err else ""
+    how = _HOW_TO_PASS.format(name=name, path="/path/to/open_clip_pytorch_model.bin")
     return WeightsNotAvailableError(
         f"weights for model {name!r} with pretrained tag {tag!r} are not available on this machine{why}. "
         f"Either (1) on a machine with internet run\n"
         f"    python -c \"import open_clip; open_clip.create_model('{name}', pretrained='{tag}')\"\n"
         f"and copy its cache (~/.cache/huggingface/hub, or the folder set by HF_HOME) to this machine; or "
-        f"(2) download the checkpoint from {where} and pass its path: "
-        f"load_model('{name}', pretrained='/path/to/open_clip_pytorch_model.bin'). "
-        f"Offline, cliptk's bundled model works out of the box: load_model('{DEFAULT_MODEL}', '{DEFAULT_PRETRAINED}').")
+        f"(2) download the checkpoint from {where} and {how}. "
+        f"Offline, cliptk's bundled model works out of the box: load_model('{DEFAULT_MODEL}', '{DEFAULT_PRETRAINED}') "
+        f"(the command line's default).")
 
 
 def _weights_reachable(name: str, tag: str, cache_dir: str | None, timeout: float = 3.0) -> bool:
@@ -240,19 +256,45 @@ def _weights_reachable(name: str, tag: str, cache_dir: str | None, timeout: floa
         return False
 
 
+class _NoRandomInitNotice(logging.Filter):
+    """Drops open_clip's "No pretrained weights loaded ... initialized randomly" record: cliptk builds
+    every architecture without weights and loads checkpoints itself, so the notice would be false."""
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        return not str(record.msg).startswith("No pretrained weights loaded")
+
+
+@contextmanager
+def _quiet_random_init() -> Iterator[None]:
+    root, notice = logging.getLogger(), _NoRandomInitNotice()   # open_clip logs it on the root logger
+    root.addFilter(notice)
+    try:
+        yield
+    finally:
+        root.removeFilter(notice)
+
+
+def _say_random_init(name: str) -> None:
+    """The one notice of a real random init (``pretrained=None``): once per model name and process."""
+    if name in _RANDOM_INIT_SAID:
+        return
+    _RANDOM_INIT_SAID.add(name)
+    warnings.warn(f"No pretrained weights loaded for {name!r} (pretrained=None): the model is randomly "
+                  f"initialised. For trained weights pass an open_clip tag "
+                  f"(open_clip.list_pretrained_tags_by_model({name!r})) or a checkpoint file.", UserWarning,
+                  stacklevel=3)
+
+
 def _create(name: str, pretrained: str | None, resize: str, device, precision: str, cache_dir):
-    """open_clip model + eval transform, with offline-friendly errors."""
+    """open_clip model + eval transform: the bare architecture for ``pretrained=None`` (cliptk loads
+    checkpoint files itself), or open_clip's own download/cache for a tag, with offline-friendly errors."""
     kwargs = dict(image_resize_mode=resize, device=device, precision=precision, cache_dir=cache_dir)
     if name not in open_clip.list_models() and not name.startswith(("hf-hub:", "local-dir:")):
         raise ValueError(f"unknown model {name!r}; choose one of cliptk.list_models() "
                          f"(e.g. {DEFAULT_MODEL!r}, 'ViT-B-16', 'ViT-L-14')")
-    if pretrained is None or (name, pretrained) in BUNDLED or str(pretrained).endswith(".safetensors"):
-        model, _, preprocess = open_clip.create_model_and_transforms(name, pretrained=None, **kwargs)
-        return model, preprocess
-    if _is_file(pretrained):
-        if not Path(pretrained).is_file():
-            raise WeightsNotAvailableError(f"checkpoint file not found: {pretrained} (model {name!r})")
-        model, _, preprocess = open_clip.create_model_and_transforms(name, pretrained=str(pretrained), **kwargs)
+    if pretrained is None:
+        with _quiet_random_init():
+            model, _, preprocess = open_clip.create_model_and_transforms(name, pretrained=None, **kwargs)
         return model, preprocess
     tags = open_clip.list_pretrained_tags_by_model(name)
     if pretrained not in tags:
@@ -268,20 +310,64 @@ def _create(name: str, pretrained: str | None, resize: str, device, precision: s
     return model, preprocess
 
 
+def _checkpoint_path(name: str, pretrained: str | os.PathLike | None) -> Path | None:
+    """The file ``pretrained`` names (cliptk's bundled tag or a path), or ``None`` (a tag / random init)."""
+    if pretrained is None:
+        return None
+    if (name, str(pretrained)) in BUNDLED:
+        path = data_dir() / BUNDLED[(name, str(pretrained))]
+        if not path.is_file():
+            raise WeightsNotAvailableError(f"weights for {name!r} / {pretrained!r} not found at {path}: it is made "
+                                           "by `python scripts/pretrain_tiny_clip.py`")
+        return path
+    text = str(pretrained)
+    looks_like_path = isinstance(pretrained, os.PathLike) or "/" in text or os.sep in text \
+        or Path(text).suffix in _CHECKPOINT_SUFFIXES
+    if not looks_like_path and (name.startswith(("hf-hub:", "local-dir:"))
+                                or text in open_clip.list_pretrained_tags_by_model(name) or not Path(text).is_file()):
+        return None   # a tag (checked by _create)
+    path = Path(pretrained).expanduser()
+    if not path.is_file():
+        raise WeightsNotAvailableError(f"checkpoint file not found: {pretrained} (model {name!r}); check the path, "
+                                       "or pass an open_clip tag (open_clip.list_pretrained_tags_by_model"
+                                       f"({name!r})) or None for random init")
+    return path
+
+
+def _model_from_metadata(name: str, meta: dict[str, str], path: Path) -> str:
+    """The model a cliptk file was written for (its metadata); warns when it overrides ``name``."""
+    saved = meta.get("name")
+    if not saved or saved == name:
+        return name
+    if saved not in open_clip.list_models() and not saved.startswith(("hf-hub:", "local-dir:")):
+        raise ValueError(f"{path} was written for model {saved!r} (its metadata), which this installation does "
+                         f"not know (cliptk.list_models()); it cannot be loaded as {name!r}")
+    warnings.warn(f"{path.name} was written for model {saved!r} (its metadata): loading {saved!r}, not the "
+                  f"given {name!r}", UserWarning, stacklevel=3)
+    return saved
+
+
 def load_model(name: str = DEFAULT_MODEL, pretrained: str | os.PathLike | None = DEFAULT_PRETRAINED, *,
-               device: str | torch.device = "cpu", image_only: bool = False, projection: bool = True,
+               device: str | torch.device = "cpu", image_only: bool | None = None, projection: bool = True,
                resize: str = "letterbox", precision: str = "fp32", cache_dir: str | None = None) -> ClipModel:
     """Load a CLIP model with its preprocessing and tokenizer.
 
     Args:
         name: an open_clip architecture (``"ViT-L-14"``) or a cliptk tiny config (``"cliptk-tiny"``).
-        pretrained: ``None`` (random init), an open_clip tag (``"openai"``), cliptk's bundled tag
-            (``"synthetic-players"`` for ``cliptk-tiny``), or a local checkpoint file. The default
-            loads the bundled tiny model; for other names pass a tag or ``None`` explicitly.
+            A cliptk checkpoint names its model in its metadata: that name wins (with a warning
+            when it differs from ``name``), so a file loads whatever ``name`` says.
+        pretrained: ``None`` (random init, said once per model name in a warning), an open_clip tag
+            (``"openai"``), cliptk's bundled tag (``"synthetic-players"`` for ``cliptk-tiny``), or a
+            local checkpoint file of any open_clip or cliptk layout (:func:`read_checkpoint`). The
+            default loads the bundled tiny model; for other names pass a tag or ``None`` explicitly.
         device: where to put the model.
-        image_only: drop the text tower (CLIP-ReIdent fine-tunes the image tower only).
+        image_only: drop the text tower (CLIP-ReIdent fine-tunes the image tower only). ``None``
+            (default): image-only exactly when the checkpoint holds only an image tower (what
+            ``cliptk train`` writes), else both towers. ``False`` with such a file warns that the
+            text tower is randomly initialised.
         projection: keep the image tower's output projection; ``False`` removes it (CLIP-ReIdent),
-            so embeddings are the tower's width (ViT towers only).
+            so embeddings are the tower's width (ViT towers only). A checkpoint written without it
+            loads without it.
         resize: ``"letterbox"`` (keep aspect ratio, pad; CLIP-ReIdent), ``"squash"`` or ``"crop"``.
         precision: ``"fp32"`` (default), ``"bf16"``, ``"fp16"`` (inference; training uses AMP instead).
 
@@ -289,7 +375,9 @@ def load_model(name: str = DEFAULT_MODEL, pretrained: str | os.PathLike | None =
         :class:`ClipModel` in eval mode.
 
     Raises:
-        ValueError: unknown name or tag. WeightsNotAvailableError: weights not found offline.
+        ValueError: unknown name or tag. WeightsNotAvailableError: weights not found offline (the
+        message says how to pass a local file, in Python and on the command line). RuntimeError:
+        a checkpoint that does not fit the architecture (names the file and what to do).
 
     Example:
         >>> m = load_model("cliptk-micro", None)
@@ -302,25 +390,35 @@ def load_model(name: str = DEFAULT_MODEL, pretrained: str | os.PathLike | None =
     if (name, DEFAULT_PRETRAINED) not in BUNDLED and pretrained == DEFAULT_PRETRAINED:
         raise ValueError(f"{name!r} has no bundled {DEFAULT_PRETRAINED!r} weights: pass an open_clip tag "
                          f"(one of {open_clip.list_pretrained_tags_by_model(name)}), a checkpoint path, or None")
-    model, preprocess = _create(name, pretrained, modes[resize], device, precision, cache_dir)
+    path = _checkpoint_path(name, pretrained)
+    state, meta = (None, {}) if path is None else read_checkpoint(path)
+    if path is not None:
+        name = _model_from_metadata(name, meta, path)
+        file_image_only = not has_text_tower(state)
+        if image_only is None:
+            image_only = file_image_only
+        elif not image_only and file_image_only:
+            warnings.warn(f"{path.name} holds only an image tower (as `cliptk train` writes): the text tower of "
+                          f"this {name!r} is randomly initialised. Load it with image_only=None or True for "
+                          "image embeddings; for text probes use the zero-shot model's text tower", UserWarning,
+                          stacklevel=2)
+    image_only = bool(image_only)
+    model, preprocess = _create(name, None if path is not None else pretrained, modes[resize], device, precision,
+                                cache_dir)
+    if pretrained is None:
+        _say_random_init(name)
     tokenizer = open_clip.get_tokenizer(name) if not image_only else None
     if image_only:
         model = _ImageOnly(model.visual, model.logit_scale)
     wrapped = ClipModel(model, preprocess, tokenizer, name=name, pretrained=None if pretrained is None else str(pretrained),
                         image_only=image_only, projection=True, resize=resize)
-    if pretrained is not None and ((name, str(pretrained)) in BUNDLED or str(pretrained).endswith(".safetensors")):
-        path = data_dir() / BUNDLED[(name, str(pretrained))] if (name, str(pretrained)) in BUNDLED else Path(pretrained)
-        if not path.is_file():
-            hint = ("it is made by `python scripts/pretrain_tiny_clip.py`" if (name, str(pretrained)) in BUNDLED
-                    else "check the path")
-            raise WeightsNotAvailableError(f"weights for {name!r} / {pretrained!r} not found at {path}: {hint}")
-        from safetensors import safe_open
-
-        with safe_open(str(path), framework="pt") as f:
-            saved_meta = f.metadata() or {}
-        if saved_meta.get("projection") == "False":
+    if state is not None:
+        no_proj = meta.get("projection") == "False" or (
+            wrapped.tower_type == "vit" and getattr(wrapped.visual, "proj", None) is not None
+            and not any(k in state for k in ("visual.proj", "proj")))
+        if no_proj:
             remove_projection(wrapped)
-        load_state(wrapped, load_file(str(path), device=str(device)), source=str(path))
+        load_state(wrapped, state, source=str(path))
     if not projection and wrapped.projection:
         remove_projection(wrapped)
     return wrapped.to(device).eval()
@@ -339,24 +437,25 @@ def remove_projection(model: ClipModel) -> ClipModel:
     return model
 
 
-def load_state(model: ClipModel, state: dict[str, torch.Tensor], source: str = "state") -> None:
-    """Load a cliptk state dict, tolerating a missing text tower or projection (image-only use).
-
-    Raises:
-        RuntimeError: keys of the image tower are missing or shapes disagree (names the source).
-    """
-    own = model.state_dict()
-    usable = {k: v.to(own[k].dtype) for k, v in state.items() if k in own}
-    missing = [k for k in own if k not in usable]
-    bad_shape = [k for k in usable if usable[k].shape != own[k].shape]
-    if bad_shape or any(k.startswith("clip.visual.") for k in missing):
-        raise RuntimeError(f"{source} does not fit {model.name}: missing {missing[:5]}, shape mismatch {bad_shape[:5]}")
-    model.load_state_dict(usable, strict=False)
+def _umask() -> int:
+    """The process's file-creation mask (read without changing it where /proc allows)."""
+    try:
+        for line in Path("/proc/self/status").read_text().splitlines():
+            if line.startswith("Umask:"):
+                return int(line.split()[1], 8)
+    except (OSError, ValueError, IndexError):
+        pass
+    mask = os.umask(0o022)
+    os.umask(mask)
+    return mask
 
 
 def save_model(model: ClipModel, path: str | os.PathLike, metadata: dict | None = None) -> Path:
     """Write the weights as safetensors atomically (temporary file + rename), with the model name
-    and options in the file's metadata so :func:`load_model` (``pretrained=path``) reads it back."""
+    and options in the file's metadata so :func:`load_model` (``pretrained=path``) reads it back.
+
+    The file gets the permissions of any new file (``0o666`` less the umask), not the private
+    ``0o600`` that safetensors gives its temporary file."""
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
     meta = {"name": model.name, "image_only": str(model.image_only), "projection": str(model.projection),
@@ -364,6 +463,7 @@ def save_model(model: ClipModel, path: str | os.PathLike, metadata: dict | None 
     state = {k: v.detach().contiguous().cpu() for k, v in model.state_dict().items()}
     with atomic_path(path) as tmp:
         save_file(state, str(tmp), metadata=meta)
+        os.chmod(tmp, 0o666 & ~_umask())
     return path
 
 

@@ -50,7 +50,7 @@ from typing import Callable, Sequence
 
 import numpy as np
 import pandas as pd
-import torch
+import torch  # noqa: F401  (the doctests use it)
 
 from .data import ReIdDataset
 from .evaluate import evaluate

@@ -10,6 +10,7 @@ activations) is the default's.
 from __future__ import annotations
 
 import math
+import warnings
 
 import numpy as np
 import pandas as pd
@@ -429,11 +430,57 @@ def test_dataset_indices_tensors_and_errors(micro_model, tmp_path):
     with pytest.raises(TypeError, match="unknown explanation option"):
         similarity_cam(micro_model, x_a, x_b, bacth_size=4)
     with pytest.raises(ValueError, match="fast=True"):
-        similarity_cam(micro_model, x_a, x_b, top_channels=4)
+        similarity_cam(micro_model, x_a, x_b, fast=False, top_channels=4)
     with pytest.raises(ValueError, match="Score-CAM only"):
         similarity_cams(micro_model, x_a, [x_b], method="gradcam")
     with pytest.raises(ValueError, match="top_channels"):
         CamConfig(top_channels=0)
+
+
+def test_defaults_per_device_and_tower(micro_model, monkeypatch):
+    """Tiny towers and every CUDA device: exact; a large tower on the CPU: approximate fast path.
+    The explicit options always win; ``top_channels=None`` is exact everywhere."""
+    assert CamConfig().for_model(micro_model) == CamConfig(fast=False, top_channels=None)
+    small = micro_model.visual
+    monkeypatch.setattr(layers, "LARGE_TOWER", sum(p.numel() for p in small.parameters()) - 1)   # micro is "large"
+    assert CamConfig().for_model(micro_model) == CamConfig(fast=True, top_channels=layers.AUTO_GROUPS)
+    assert CamConfig().for_model(micro_model, device="cuda") == CamConfig(fast=False, top_channels=None)
+    assert CamConfig(fast=True).for_model(micro_model, device="cuda").top_channels is None
+    assert CamConfig(fast=False).for_model(micro_model) == CamConfig(fast=False, top_channels=None)
+    assert CamConfig(top_channels=None).for_model(micro_model) == CamConfig(fast=False, top_channels=None)
+    assert CamConfig(top_channels=8).for_model(micro_model, device="cuda") == CamConfig(fast=True, top_channels=8)
+    assert CamConfig(method="gradcam").for_model(micro_model) == CamConfig(method="gradcam", fast=False,
+                                                                             top_channels=None)
+    a, b = noise_image(0), noise_image(1)
+    assert similarity_cam(micro_model, a, b).method == "scorecam-approx"     # the entry points apply the rule
+    assert similarity_cam(micro_model, a, b, top_channels=None).method == "scorecam"
+    monkeypatch.undo()
+    assert similarity_cam(micro_model, a, b).method == "scorecam"
+
+
+@pytest.mark.parametrize("fast", [True, False])
+def test_long_exact_maps_show_progress_and_say_how_to_speed_up(micro_model, images, monkeypatch, capsys, fast):
+    """With micro counted as a large tower and 4 masked images a batch, its 32 channels make 8
+    batches: a long map. The bar goes to stderr; the hint (a warning) comes once per model."""
+    a, b = images[0], images[1]
+    quiet = similarity_cam(micro_model, a, b, fast=fast, top_channels=None, batch_size=4)    # a small tower
+    assert "Score-CAM" not in capsys.readouterr().err
+    monkeypatch.setattr(layers, "LARGE_TOWER", 0)
+    monkeypatch.setattr(layers, "_HINTED", set())
+    with pytest.warns(UserWarning, match=rf"exact Score-CAM of cliptk-micro on the CPU.*fast=True, "
+                                         rf"top_channels={layers.AUTO_GROUPS}"):
+        cam = similarity_cam(micro_model, a, b, fast=fast, top_channels=None, batch_size=4)
+    err = capsys.readouterr().err
+    assert "Score-CAM" in err and "/8 " in err                                           # a bar over 8 batches
+    assert np.array_equal(cam.map_a, quiet.map_a)                                        # the same map
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")                                                   # said once
+        similarity_cam(micro_model, a, b, fast=fast, top_channels=None, batch_size=4, progress=False)
+    assert "Score-CAM" not in capsys.readouterr().err
+    similarity_cam(micro_model, a, b, fast=True, top_channels=2, batch_size=4)           # approximate: 1 batch
+    assert "Score-CAM" not in capsys.readouterr().err
+    similarity_cam(micro_model, a, b, fast=fast, top_channels=None, batch_size=32, progress=True)   # asked for
+    assert "Score-CAM" in capsys.readouterr().err
 
 
 def test_config_yaml_round_trip():

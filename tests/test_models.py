@@ -1,14 +1,19 @@
 """Model loading: tiny configs, CLIP-ReIdent options, checkpoints and offline errors."""
 from __future__ import annotations
 
+import logging
 import os
+import stat
 import subprocess
 import sys
+import warnings
 
 import numpy as np
+import open_clip
 import pytest
 import torch
 from PIL import Image
+from safetensors.torch import save_file
 
 import cliptk as ct
 from conftest import make_model
@@ -61,10 +66,137 @@ def test_save_and_load_roundtrip(tmp_path, micro_model):
     assert not list(tmp_path.glob("*.tmp"))
 
 
-def test_load_rejects_wrong_architecture(tmp_path, micro_model):
-    path = ct.save_model(micro_model, tmp_path / "m.safetensors")
-    with pytest.raises(RuntimeError, match="m.safetensors"):
+def _plain(model: ct.ClipModel) -> dict[str, torch.Tensor]:
+    """open_clip's own layout of a model's weights (``CLIP.state_dict()``: no ``clip.`` prefix)."""
+    return {k: v.detach().clone().contiguous() for k, v in model.clip.state_dict().items()}
+
+
+def _write_layout(layout: str, model: ct.ClipModel, folder) -> str:
+    """``model``'s weights written the way open_clip users have them; returns the path."""
+    plain = _plain(model)
+    visual = {k: v for k, v in plain.items() if k.startswith("visual.") or k == "logit_scale"}
+    if layout == "hub .safetensors":        # open_clip_model.safetensors on the Hugging Face hub
+        save_file(plain, str(folder / "open_clip_model.safetensors"), metadata={"format": "pt"})
+        return str(folder / "open_clip_model.safetensors")
+    if layout == "open_clip .bin":          # open_clip_pytorch_model.bin
+        torch.save(plain, folder / "open_clip_pytorch_model.bin")
+        return str(folder / "open_clip_pytorch_model.bin")
+    if layout == "training .pt (DDP)":       # open_clip's training script: state_dict, optimizer, module. keys
+        opt = torch.optim.SGD(model.parameters(), lr=0.1).state_dict()
+        torch.save({"epoch": 3, "name": "run", "state_dict": {f"module.{k}": v for k, v in plain.items()},
+                    "optimizer": opt}, folder / "epoch_3.pt")
+        return str(folder / "epoch_3.pt")
+    if layout == "cliptk .safetensors":
+        return str(ct.save_model(model, folder / "model.safetensors", metadata={"step": 7}))
+    if layout == "image-only visual.*":
+        save_file(visual, str(folder / "visual.safetensors"))
+        return str(folder / "visual.safetensors")
+    if layout == "image tower .pth":        # model.visual.state_dict(): the tower's own keys
+        torch.save({k.removeprefix("visual."): v for k, v in visual.items() if k != "logit_scale"},
+                   folder / "tower.pth")
+        return str(folder / "tower.pth")
+    raise AssertionError(layout)
+
+
+LAYOUTS = ["hub .safetensors", "open_clip .bin", "training .pt (DDP)", "cliptk .safetensors",
+           "image-only visual.*", "image tower .pth"]
+
+
+@pytest.mark.parametrize("layout", LAYOUTS)
+def test_every_checkpoint_layout_loads_by_path(layout, tmp_path):
+    source = make_model("cliptk-micro", seed=3)
+    path = _write_layout(layout, source, tmp_path)
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")          # no "does not fit", no "initialized randomly"
+        loaded = ct.load_model("cliptk-micro", path)
+    x = torch.randn(3, 3, *source.image_size)
+    assert torch.equal(loaded.encode_image(x), source.encode_image(x)), layout
+    image_only = layout in ("image-only visual.*", "image tower .pth")
+    assert loaded.image_only == image_only        # default image_only=None follows the file
+    if not image_only:
+        texts = ["a player in a red jersey", "number 7"]
+        assert torch.equal(loaded.encode_text(texts), source.encode_text(texts))
+        assert torch.equal(loaded.logit_scale, source.logit_scale)
+
+
+def test_real_open_clip_architecture_loads_from_a_hub_file(tmp_path):
+    torch.manual_seed(0)
+    reference = open_clip.create_model("ViT-S-32")          # random init, 224 px, no download
+    save_file({k: v.contiguous() for k, v in reference.state_dict().items()},
+              str(tmp_path / "open_clip_model.safetensors"), metadata={"format": "pt"})
+    model = ct.load_model("ViT-S-32", tmp_path / "open_clip_model.safetensors", image_only=True, resize="squash")
+    x = torch.randn(1, 3, 224, 224)
+    with torch.no_grad():
+        expected = reference.eval().encode_image(x, normalize=True)
+    assert torch.allclose(model.encode_image(x), expected, atol=1e-5)
+
+
+def test_plain_file_of_another_architecture_names_file_and_fix(tmp_path):
+    path = _write_layout("hub .safetensors", make_model("cliptk-micro"), tmp_path)
+    with pytest.raises(RuntimeError, match="open_clip_model.safetensors does not fit cliptk-tiny.*--model"):
         ct.load_model("cliptk-tiny", path)
+
+
+def test_cliptk_file_loads_the_model_its_metadata_names(tmp_path, micro_model):
+    path = ct.save_model(micro_model, tmp_path / "m.safetensors")
+    with pytest.warns(UserWarning, match="written for model 'cliptk-micro'.*not the given 'cliptk-tiny'"):
+        model = ct.load_model("cliptk-tiny", path)
+    x = torch.randn(2, 3, *micro_model.image_size)
+    assert model.name == "cliptk-micro" and torch.equal(model.encode_image(x), micro_model.encode_image(x))
+
+
+def test_image_only_file_loads_image_only_or_says_the_text_tower_is_random(tmp_path):
+    trained = make_model("cliptk-micro", seed=1, image_only=True, projection=False)   # what `train` writes
+    path = ct.save_model(trained, tmp_path / "model.safetensors")
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        model = ct.load_model("cliptk-micro", path)
+    x = torch.randn(2, 3, *trained.image_size)
+    assert model.image_only and not model.projection and torch.equal(model.encode_image(x), trained.encode_image(x))
+    with pytest.raises(RuntimeError, match="only an image tower.*model.safetensors"):
+        model.encode_text(["x"])
+    with pytest.warns(UserWarning, match="holds only an image tower.*text tower .* randomly initialised"):
+        both = ct.load_model("cliptk-micro", path, image_only=False)
+    assert not both.image_only and torch.equal(both.encode_image(x), trained.encode_image(x))
+
+
+def _random_init_notices(caplog, load) -> list[str]:
+    """Warnings and log records that say a model is randomly initialised, while ``load()`` runs."""
+    caplog.clear()
+    with warnings.catch_warnings(record=True) as caught, caplog.at_level(logging.INFO):
+        warnings.simplefilter("always")
+        load()
+    said = [str(w.message) for w in caught] + [r.getMessage() for r in caplog.records]
+    return [s for s in said if "random" in s.lower()]
+
+
+def test_random_init_is_said_once_and_only_for_a_random_init(tmp_path, caplog, monkeypatch, micro_model):
+    path = ct.save_model(micro_model, tmp_path / "m.safetensors")
+    assert _random_init_notices(caplog, lambda: ct.load_model()) == []                    # the bundled model
+    assert _random_init_notices(caplog, lambda: ct.load_model("cliptk-micro", path)) == []   # a checkpoint
+    monkeypatch.setattr(ct.models, "_RANDOM_INIT_SAID", set())
+    first = _random_init_notices(caplog, lambda: ct.load_model("cliptk-micro", None))
+    assert len(first) == 1 and "'cliptk-micro'" in first[0] and "pretrained=None" in first[0]
+    assert _random_init_notices(caplog, lambda: ct.load_model("cliptk-micro", None)) == []    # once
+
+
+@pytest.mark.parametrize("umask", [0o022, 0o002])
+def test_saved_model_file_honours_the_umask(tmp_path, micro_model, umask):
+    old = os.umask(umask)
+    try:
+        path = ct.save_model(micro_model, tmp_path / "m.safetensors")
+    finally:
+        os.umask(old)
+    assert stat.S_IMODE(path.stat().st_mode) == 0o666 & ~umask
+
+
+def test_missing_weights_message_serves_python_and_command_line(monkeypatch):
+    monkeypatch.setattr(ct.models, "_weights_reachable", lambda *a, **k: False)
+    with pytest.raises(ct.WeightsNotAvailableError) as err:
+        ct.load_model("ViT-B-32", "openai")
+    msg = str(err.value)
+    assert "load_model('ViT-B-32', '/path/to/" in msg
+    assert "--pretrained /path/to/" in msg and "pretrained=/path/to/" in msg.split("--set")[1]
 
 
 def test_unknown_names_and_tags():
@@ -92,7 +224,7 @@ def test_offline_open_clip_weights_error_says_what_to_do(tmp_path):
     env = {**os.environ, "HF_HUB_OFFLINE": "1", "HF_HOME": str(tmp_path), "XDG_CACHE_HOME": str(tmp_path)}
     out = subprocess.run([sys.executable, "-c", code], env=env, capture_output=True, text=True, timeout=300).stdout
     assert "MSG" in out and "'ViT-B-32'" in out and "'openai'" in out
-    assert "pretrained='/path/to/" in out and "open_clip.create_model" in out
+    assert "load_model('ViT-B-32', '/path/to/" in out and "open_clip.create_model" in out
 
 
 def test_freeze(micro_model):

@@ -8,7 +8,10 @@ from __future__ import annotations
 
 import base64
 import io
+import os
 import re
+import subprocess
+import sys
 
 import numpy as np
 import pandas as pd
@@ -81,15 +84,58 @@ def test_cosine_default_ignores_row_norms():
 
 
 def test_umap_separates_planted_clusters_and_is_reproducible():
-    warm_up()
-    assert warm_up() == 0.0  # once per process
     emb, pids = clustered()
+    warm_up(rows=len(emb))
+    assert warm_up(rows=len(emb)) == 0.0  # once per process
     a = project(torch.from_numpy(emb), "umap", seed=0)
     b = project(emb, "umap", seed=0)
     np.testing.assert_array_equal(a, b)
     assert a.shape == (len(emb), 2)
     assert nn1_purity(a, pids) == 1.0
     assert metrics.trustworthiness(emb, a, k=4) > 0.9
+
+
+_FIRST_SESSION = """
+import warnings; warnings.simplefilter("ignore")
+import numpy as np
+from numba.core import event
+from cliptk.viz import project, warm_up
+from cliptk.viz.project import APPROXIMATE_FROM
+warm_up()
+rng = np.random.default_rng(0)
+with event.install_recorder("numba:compile") as rec:   # below and above the switch to pynndescent
+    project(rng.normal(size=(300, 16)), n_epochs=2)
+    project(rng.normal(size=(APPROXIMATE_FROM + 100, 512)), n_epochs=2)
+print("COMPILED", sorted({getattr(getattr(ev.data.get("dispatcher"), "py_func", None), "__qualname__", "?")
+                          for _, ev in rec.buffer if ev.is_start and isinstance(ev.data, dict)}))
+"""
+_NEXT_SESSION = """
+import warnings; warnings.simplefilter("ignore")
+import numpy as np
+from numba.core.dispatcher import Dispatcher
+from cliptk.viz import project
+import umap.umap_, umap.layouts
+project(np.random.default_rng(0).normal(size=(200, 16)), n_epochs=2)
+print("HITS", sum(sum(v.stats.cache_hits.values()) for m in (umap.umap_, umap.layouts)
+                  for v in vars(m).values() if isinstance(v, Dispatcher)))
+"""
+
+
+@pytest.mark.slow
+def test_warm_up_compiles_what_projections_run_and_kernels_stay_on_disk(tmp_path):
+    """A first session (empty data folder, so nothing compiled is kept yet) says it compiles, and
+    after warm_up() projections below and above umap-learn's switch to pynndescent (the path of a
+    10k x 512 projection) compile no numba kernel. The next session loads umap-learn's kernels from
+    data/cache/numba and says nothing."""
+    env = {k: v for k, v in os.environ.items() if k != "NUMBA_CACHE_DIR"}
+    env["CLIPTK_DATA"] = str(tmp_path)
+    first, nxt = (subprocess.run([sys.executable, "-c", code], env=env, capture_output=True, text=True, check=True)
+                  for code in (_FIRST_SESSION, _NEXT_SESSION))
+    assert "COMPILED []" in first.stdout, first.stdout
+    assert "compiling UMAP's numba kernels" in first.stderr and str(tmp_path / "cache" / "numba") in first.stderr
+    assert list((tmp_path / "cache" / "numba").rglob("*.nbi"))
+    assert "compiling" not in nxt.stderr
+    assert int(nxt.stdout.split("HITS")[1]) > 0
 
 
 def test_tsne_with_pca_prereduction():

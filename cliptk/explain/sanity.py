@@ -192,8 +192,7 @@ class SaliencyComparison:
     def figure(self, *, opacity: float = 0.5, colorscale: str = "Turbo", max_side: int = 192):
         """A, B, then A under each map; titles carry the deletion (lower is better) and insertion
         (higher is better) AUC; a note line for what is missing."""
-        import plotly.graph_objects as go  # noqa: F401  (plotly loads here)
-        from plotly.subplots import make_subplots
+        from plotly.subplots import make_subplots  # plotly loads here, not on import
 
         from .plots import _add_overlay
 

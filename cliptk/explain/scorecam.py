@@ -5,7 +5,8 @@ Networks", CVPR-W 2020, arXiv:1910.01279) masks the image with each channel of t
 activation, scores each masked image — here ``scale * cos(f(A * mask_c), f(B))`` — and sums the
 channels with the softmax of their scores. Two implementations give the same map:
 
-* the **library path** (:func:`similarity_cam`, default): ``pytorch_grad_cam.ScoreCAM`` /
+* the **library path** (:func:`similarity_cam`'s default, except for a large tower on the CPU —
+  see :class:`~cliptk.explain.CamConfig`): ``pytorch_grad_cam.ScoreCAM`` /
   ``GradCAM`` (Selvaraju et al., ICCV 2017) with :class:`~cliptk.explain.SimilarityTarget`, one
   call per pair;
 * the **fast path** (:func:`similarity_cams`, :func:`explain_topk`, or ``fast=True``): the masked
@@ -22,8 +23,8 @@ target scores, so a plain cosine (range ~0.1 between masked images) gives almost
 and a map that hardly depends on B — the score is multiplied by the model's logit scale
 (``scale=``); the batch size is an undocumented attribute ``cam.batch_size`` — it is ``batch_size=``
 here; the CAM object holds forward hooks and its ``__exit__`` swallows ``IndexError`` — cliptk
-releases the hooks in a ``finally`` and lets errors through; ScoreCAM prints a tqdm bar per batch
-— silenced; it decides whether a channel is constant after upsampling, where 1-ulp noise divided
+releases the hooks in a ``finally`` and lets errors through; ScoreCAM prints a tqdm bar per map
+— shown only for a long map; it decides whether a channel is constant after upsampling, where 1-ulp noise divided
 by its 1e-8 epsilon turns a constant non-zero channel into a noise mask — the fast path decides on
 the activations.
 
@@ -40,7 +41,7 @@ from __future__ import annotations
 
 import math
 from contextlib import contextmanager
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from types import SimpleNamespace
 from typing import Iterator, Sequence
 
@@ -54,7 +55,8 @@ from torch import nn
 from ..data import ReIdDataset
 from ..embed import embed
 from .inputs import ImageLike, _as_input, _Input, _to_image
-from .layers import _batch_size, _cam_mode, _device, _embed, _hook, _reshape_for, _resolve_layer, _scale, _ToGrid
+from .layers import (_bar, _batch_size, _cam_mode, _device, _embed, _hook, _long_map, _reshape_for, _resolve_layer,
+                     _scale, _ToGrid)
 from .target import CamConfig, SimilarityTarget
 
 __all__ = ["SimilarityCam", "similarity_cam", "similarity_cams", "explain_topk"]
@@ -121,13 +123,17 @@ def _minmax(m: torch.Tensor) -> torch.Tensor:
 
 # ------------------------------------------------------------------------------------ library path
 @contextmanager
-def _library_cam(cls, model: nn.Module, layer: nn.Module, reshape: _ToGrid) -> Iterator:
+def _library_cam(cls, model: nn.Module, layer: nn.Module, reshape: _ToGrid, config: CamConfig) -> Iterator:
     """A ``pytorch_grad_cam`` CAM object whose hooks are released on exit; errors propagate (the
-    library's own ``__exit__`` swallows ``IndexError``) and ScoreCAM's per-batch tqdm bars are off."""
+    library's own ``__exit__`` swallows ``IndexError``) and ScoreCAM's per-batch tqdm bar shows only
+    for a long map (:func:`~cliptk.explain.layers._long_map`)."""
     # pytorch_grad_cam imports OpenCV, matplotlib and scikit-learn (seconds); only this path needs it
     import pytorch_grad_cam.score_cam as score_cam_module
 
-    quiet = SimpleNamespace(tqdm=lambda iterable, *args, **kwargs: iterable)
+    def bar(iterable, *args, **kwargs):   # the library's loop over the masked batches of one map
+        return _bar(iterable, _long_map(model, config, len(iterable), approximate=False), "Score-CAM")
+
+    quiet = SimpleNamespace(tqdm=bar)
     original = score_cam_module.tqdm
     cam = cls(model, [layer], reshape_transform=reshape)
     score_cam_module.tqdm = quiet
@@ -146,7 +152,7 @@ def _library_map(model: nn.Module, x: torch.Tensor, reference: torch.Tensor, nam
 
     cls = ScoreCAM if config.method == "scorecam" else GradCAM
     device = _device(model)
-    with _library_cam(cls, model, layer, _reshape_for(model)) as cam:
+    with _library_cam(cls, model, layer, _reshape_for(model), config) as cam:
         cam.batch_size = _batch_size(config.batch_size, device)   # the library's undocumented batch-size attribute
         cam.compute_input_gradient = config.method == "gradcam"   # gradients even through frozen layers
         maps = cam(x[None].to(device), targets=[SimilarityTarget(reference, scale)])
@@ -197,6 +203,7 @@ def _fast_maps(model: nn.Module, x: torch.Tensor, acts: torch.Tensor, references
     correlation (:func:`_channel_groups`), one mean mask per group is scored and each channel gets
     its group's score (Group-CAM): grouping, not dropping, because which channels carry the weight
     depends on B (why and how well: ``benchmarks/RESULTS.md``)."""
+    config = config.for_model(model)   # a no-op for the entry points' configs (already decided)
     device = x.device
     amp = device.type == "cuda" if config.amp is None else bool(config.amp)
     bs = _batch_size(config.batch_size, device)
@@ -221,8 +228,10 @@ def _fast_maps(model: nn.Module, x: torch.Tensor, acts: torch.Tensor, references
         refs = F.normalize(references.float(), dim=-1).T
         scores = torch.empty(C, refs.shape[1], device=device)
         if len(masks):
+            starts = range(0, len(masks), bs)
+            show = _long_map(model, config, len(starts), approximate=config.top_channels is not None)
             embs = torch.cat([_embed(model, x[None] * masks[i:i + bs].view(-1, 1, H, W), bs, amp)
-                              for i in range(0, len(masks), bs)])
+                              for i in _bar(starts, show, "Score-CAM")])
             scores[varying] = (scale * embs @ refs)[groups]                           # fp32
         if constant.any():
             scores[constant] = scale * _embed(model, torch.zeros_like(x)[None], 1, amp) @ refs
@@ -264,7 +273,9 @@ def similarity_cam(model: nn.Module, image_a: ImageLike, image_b: ImageLike, *,
         symmetric: also compute B's map w.r.t. A's embedding.
         config, options: a :class:`~cliptk.explain.CamConfig` and/or its fields as keywords:
             ``method`` (``"scorecam"`` / ``"gradcam"``), ``fast``, ``layer``, ``scale``,
-            ``batch_size``, ``top_channels`` (needs ``fast=True``), ``amp``.
+            ``batch_size``, ``top_channels`` (the fast path), ``amp``, ``progress``. The defaults
+            depend on the device and the tower (exact, or approximate for a large tower on the
+            CPU): see :class:`~cliptk.explain.CamConfig`.
 
     Returns:
         :class:`SimilarityCam`: maps in [0, 1] at each image's resolution, the cosine similarity.
@@ -283,11 +294,12 @@ def similarity_cam(model: nn.Module, image_a: ImageLike, image_b: ImageLike, *,
         ('gradcam', (64, 32), (60, 30))
     """
     _check_model(model)
-    cfg = CamConfig.from_options(config, **options)
+    cfg = CamConfig.from_options(config, **options).for_model(model)
     if cfg.fast:
         return similarity_cams(model, image_a, [image_b], dataset=dataset, symmetric=symmetric, config=cfg)[0]
     if cfg.top_channels is not None:
-        raise ValueError("top_channels (approximate Score-CAM) needs the fast path: pass fast=True")
+        raise ValueError(f"top_channels={cfg.top_channels!r} (approximate Score-CAM) needs the fast path: pass "
+                         "fast=True (or leave fast unset)")
     a = _as_input(model, image_a, dataset, 0, "image_a")
     b = _as_input(model, image_b, dataset, 1, "image_b")
     name, layer = _resolve_layer(model, cfg.layer)
@@ -338,6 +350,7 @@ def similarity_cams(model: nn.Module, image_a: ImageLike, images_b: Sequence[Ima
     """
     _check_model(model)
     cfg = CamConfig.from_options(config, **options)
+    cfg = replace(cfg, fast=True).for_model(model) if cfg.method == "scorecam" else cfg   # fast is implied here
     if cfg.method != "scorecam":
         raise ValueError(f"similarity_cams computes Score-CAM only; for {cfg.method!r} call similarity_cam per pair")
     images_b = list(images_b)

@@ -31,11 +31,23 @@ __all__ = ["CamConfig", "SimilarityTarget", "select_pairs"]
 class CamConfig:
     """Options of an explanation (one config per job; every field is YAML-friendly).
 
+    Defaults per device (``fast=None``, ``top_channels="auto"``; :meth:`for_model` applies them):
+    an exact Score-CAM map passes one masked image per channel of the target layer (hundreds to
+    thousands for a real tower) through the image tower. So on the CPU a *large* image tower
+    (more than :data:`~cliptk.explain.layers.LARGE_TOWER` parameters: ViT-S and up, RN50 and up)
+    is explained with the approximate fast path (``fast=True``,
+    ``top_channels=AUTO_GROUPS``); cliptk's tiny towers on the CPU, and every tower on a CUDA
+    device, get the exact map (the library's Score-CAM for :func:`~cliptk.explain.similarity_cam`,
+    cliptk's exact fast path for the batch functions). Set ``fast`` / ``top_channels`` yourself to
+    choose: ``top_channels=None`` is always exact. A long exact map on the CPU shows a progress
+    bar and says once how to make it faster.
+
     Attributes:
         method: ``"scorecam"`` or ``"gradcam"`` (Grad-CAM always uses the library).
         fast: :func:`~cliptk.explain.similarity_cam` uses cliptk's exact fast Score-CAM instead of
             the library's (the batch functions :func:`~cliptk.explain.similarity_cams` /
-            :func:`~cliptk.explain.explain_topk` always do).
+            :func:`~cliptk.explain.explain_topk` always do); ``None`` = by the rule above (and
+            ``True`` whenever ``top_channels`` is a number).
         layer: dotted module name of the target layer, relative to the model
             (``"clip.visual.layer4.0"``) or to its image tower (``"layer4.0"``); ``None`` picks
             :func:`~cliptk.explain.default_target_layer`.
@@ -49,8 +61,11 @@ class CamConfig:
             channel is weighted by its group's score (after Group-CAM, Zhang et al. 2021). Far
             fewer forward passes, but on some towers single pairs agree much less with the exact
             map (``benchmarks/RESULTS.md``), so check a few maps against the exact path.
-            ``None`` (or at least the number of channels) = exact.
+            ``None`` (or at least the number of channels) = exact; ``"auto"`` = by the rule above.
         amp: fast path: bf16 autocast for the masked forward passes; ``None`` = on for CUDA only.
+        progress: a ``tqdm`` bar over the masked batches of each map; ``None`` = only for long maps
+            (:data:`~cliptk.explain.layers.LONG_MAP_BATCHES` batches or more on a large tower on
+            the CPU).
 
     Raises:
         ValueError: an option is out of range (the message names it).
@@ -62,12 +77,13 @@ class CamConfig:
     """
 
     method: Literal["scorecam", "gradcam"] = "scorecam"
-    fast: bool = False
+    fast: bool | None = None
     layer: str | None = None
     scale: float | None = None
     batch_size: int | None = None
-    top_channels: int | float | None = None
+    top_channels: int | float | str | None = "auto"
     amp: bool | None = None
+    progress: bool | None = None
 
     def __post_init__(self) -> None:
         if self.method not in ("scorecam", "gradcam"):
@@ -79,8 +95,31 @@ class CamConfig:
         if self.batch_size is not None and self.batch_size < 1:
             raise ValueError(f"CamConfig.batch_size must be >= 1, got {self.batch_size}")
         k = self.top_channels
-        if k is not None and not ((isinstance(k, int) and k >= 1) or (isinstance(k, float) and 0 < k <= 1)):
-            raise ValueError(f"CamConfig.top_channels must be an int >= 1 or a fraction in (0, 1], got {k!r}")
+        if k is not None and k != "auto" and not (
+                (isinstance(k, int) and not isinstance(k, bool) and k >= 1) or (isinstance(k, float) and 0 < k <= 1)):
+            raise ValueError(f"CamConfig.top_channels must be 'auto', None, an int >= 1 or a fraction in (0, 1], "
+                             f"got {k!r}")
+
+    def for_model(self, model, device: str | torch.device | None = None) -> "CamConfig":
+        """This config with ``fast=None`` and ``top_channels="auto"`` decided for ``model`` on
+        ``device`` (default: the model's), by the per-device rule of the class docstring.
+
+        Example:
+            >>> import cliptk as ct
+            >>> cfg = CamConfig().for_model(ct.load_model("cliptk-micro", None))   # a tiny tower: exact
+            >>> cfg.fast, cfg.top_channels
+            (False, None)
+        """
+        from .layers import AUTO_GROUPS, _slow_exact   # layers imports this module
+
+        top, fast = self.top_channels, self.fast
+        if self.method == "gradcam":
+            return replace(self, fast=False, top_channels=None if top == "auto" else top)
+        if top == "auto":
+            top = AUTO_GROUPS if fast is not False and _slow_exact(model, device) else None
+        if fast is None:
+            fast = top is not None
+        return replace(self, fast=fast, top_channels=top)
 
     @classmethod
     def from_options(cls, config: "CamConfig | dict | None" = None, **options) -> "CamConfig":
@@ -91,7 +130,7 @@ class CamConfig:
 
         Example:
             >>> CamConfig.from_options(CamConfig(scale=2.0), batch_size=4)
-            CamConfig(method='scorecam', fast=False, layer=None, scale=2.0, batch_size=4, top_channels=None, amp=None)
+            CamConfig(method='scorecam', fast=None, layer=None, scale=2.0, batch_size=4, top_channels='auto', amp=None, progress=None)
         """
         base = config if isinstance(config, CamConfig) else cls(**(config or {}))
         names = {f.name for f in fields(cls)}

@@ -5,7 +5,9 @@
 :class:`ProjectionConfig` holds the settings (YAML round trip). :func:`aligned_projection` puts
 two embeddings of the same images (before / after fine-tuning) into one coordinate frame, with
 AlignedUMAP or with separate projections matched by orthogonal Procrustes. :func:`warm_up` pays
-UMAP's one-off numba compile cost at a moment of the user's choosing.
+UMAP's one-off numba compile cost at a moment of the user's choosing; compiled kernels are kept
+on disk (``NUMBA_CACHE_DIR``, by default ``cache/numba`` in the data folder) for later sessions,
+and a fit that is about to compile says so in one line on stderr.
 
 Timings of each method on 10k x 512 embeddings are in ``benchmarks/RESULTS.md``
 (``benchmarks/bench_projection.py``).
@@ -17,7 +19,9 @@ Example:
 """
 from __future__ import annotations
 
+import contextlib
 import os
+import sys
 import time
 import warnings
 from dataclasses import asdict, dataclass, field, fields
@@ -29,8 +33,10 @@ import yaml
 from threadpoolctl import threadpool_limits
 
 from .._util import as_rows, unit_rows
+from ..settings import data_dir
 
-__all__ = ["ProjectionConfig", "project", "warm_up", "aligned_projection", "METHODS", "ALIGN_METHODS", "ArrayLike"]
+__all__ = ["ProjectionConfig", "project", "warm_up", "aligned_projection", "METHODS", "ALIGN_METHODS", "ArrayLike",
+           "APPROXIMATE_FROM"]
 
 #: Methods of :func:`project`.
 METHODS = ("umap", "pca", "tsne")
@@ -133,41 +139,144 @@ class ProjectionConfig:
         return cls.from_dict(yaml.safe_load(text) or {})
 
 
-_WARM: set[str] = set()  # what warm_up / a first fit has compiled in this process
+_WARM: set[str] = set()  # what warm_up / a first fit has compiled in this process ("umap-seeded", ...)
+_NUMBA_MODULES = ("umap", "pynndescent")
+_umap_module = None
 
 
-def warm_up(aligned: bool = False) -> float:
+def _numba_cache_dir() -> Path | None:
+    """Where numba keeps compiled kernels between processes: ``NUMBA_CACHE_DIR`` if the user set
+    it, else ``cache/numba`` under :func:`cliptk.settings.data_dir` when writable (set here, for the
+    process), else ``None`` (numba's own choice beside the installed sources)."""
+    if os.environ.get("NUMBA_CACHE_DIR"):   # the user's, or the one chosen below on the first call
+        return Path(os.environ["NUMBA_CACHE_DIR"])
+    folder = data_dir() / "cache" / "numba"
+    try:
+        folder.mkdir(parents=True, exist_ok=True)
+        probe = folder / f".probe-{os.getpid()}"
+        probe.write_bytes(b"")
+        probe.unlink()
+    except OSError:
+        return None
+    os.environ["NUMBA_CACHE_DIR"] = str(folder)   # before numba is imported (numba also re-reads it per compile)
+    if "numba" in sys.modules:
+        sys.modules["numba"].config.CACHE_DIR = str(folder)
+    return folder
+
+
+def _import_umap():
+    """``umap``, imported once with numba's disk cache on for its kernels and pynndescent's.
+
+    umap-learn compiles its numba kernels on first use in every process (only one asks numba to
+    cache it); pynndescent caches most of its own. Here every module-level kernel of both that is
+    not cached and not yet compiled gets numba's ``enable_caching()``, so the second session loads
+    compiled code from :func:`_numba_cache_dir` instead of compiling it again. Kernels numba cannot
+    cache (closures built at run time) compile as before."""
+    global _umap_module
+    if _umap_module is not None:
+        return _umap_module
+    import importlib
+    import pkgutil
+
+    _numba_cache_dir()
+    import umap  # importing umap-learn loads numba and compiles its eager kernels: seconds
+    from numba.core.dispatcher import Dispatcher
+
+    for pkg in (importlib.import_module(m) for m in _NUMBA_MODULES):
+        for info in pkgutil.iter_modules(pkg.__path__, pkg.__name__ + "."):
+            module = sys.modules.get(info.name)   # what umap imported; the rest is never used
+            for value in vars(module).values() if module is not None else ():
+                if isinstance(value, Dispatcher) and not value.overloads and type(value._cache).__name__ == "NullCache":
+                    value.enable_caching()
+    _umap_module = umap
+    return umap
+
+
+def _marker(flavour: str) -> Path | None:
+    """A file that says this machine's numba cache holds the ``flavour`` kernels of these versions."""
+    folder = _numba_cache_dir()
+    if folder is None:
+        return None
+    from importlib.metadata import version
+
+    return folder / f"cliptk-{flavour}-umap{version('umap-learn')}-numba{version('numba')}.done"
+
+
+def _say_compiling(flavour: str, approximate: bool = False) -> None:
+    """One line on stderr when a fit is about to compile numba kernels: umap-learn's on the first
+    fit of a process when none are kept on disk yet, pynndescent's (which numba cannot keep) on
+    the first fit of :data:`APPROXIMATE_FROM` rows or more in each process."""
+    marker = _marker(flavour)
+    first_here = flavour not in _WARM and (marker is None or not marker.exists())
+    if approximate and f"{flavour}-approximate" not in _WARM:
+        print(f"cliptk: compiling UMAP's numba kernels for {APPROXIMATE_FROM}+ rows (pynndescent's, which numba "
+              "cannot keep between sessions), tens of seconds once per session", file=sys.stderr, flush=True)
+    elif first_here:
+        where = f" (kept in {marker.parent} for later sessions)" if marker is not None else ""
+        print(f"cliptk: compiling UMAP's numba kernels, tens of seconds the first time{where}", file=sys.stderr,
+              flush=True)
+
+
+def _compiled(flavour: str) -> None:
+    _WARM.add(flavour)
+    marker = _marker(flavour)
+    if marker is not None and not marker.exists():
+        with contextlib.suppress(OSError):
+            marker.touch()
+
+
+def _flavour(seed: int | None) -> str:
+    """Seeded UMAP runs umap-learn's single-threaded kernels; ``seed=None`` its parallel ones."""
+    return "umap-seeded" if seed is not None else "umap-parallel"
+
+
+#: From this many rows on, umap-learn finds neighbours with pynndescent (approximate) instead of exactly.
+APPROXIMATE_FROM = 4096
+
+
+def warm_up(aligned: bool = False, *, rows: int | None = None, seed: int | None = 0, metric: str = "cosine") -> float:
     """Compile UMAP's numba kernels once per Python process (kernel); returns the seconds spent.
 
-    umap-learn and pynndescent are written in numba: the first UMAP fit in a fresh kernel spends
-    tens of seconds compiling (numba caches only part of it on disk between runs) before any real
-    work, and the first ``AlignedUMAP`` fit (:func:`aligned_projection`) compiles more (timings
-    in ``benchmarks/RESULTS.md``). Calling this once at the top of a notebook, on a tiny random
-    dataset, moves that cost out of the cell that projects real data. Repeated calls return 0
-    immediately.
+    umap-learn and pynndescent are written in numba: the first UMAP fit in a fresh process spends
+    tens of seconds compiling before any real work, and the first ``AlignedUMAP`` fit
+    (:func:`aligned_projection`) compiles more (timings in ``benchmarks/RESULTS.md``). This runs
+    :func:`project` itself on small random data along the code paths a projection takes — exact
+    nearest neighbours (under :data:`APPROXIMATE_FROM` rows) and pynndescent's approximate ones
+    (from that many rows on) — so the next :func:`project` with the same ``seed`` kind and
+    ``metric`` compiles nothing. umap-learn's own kernels are also kept on disk (see
+    :func:`_import_umap`), so later sessions load them instead of compiling them; pynndescent's
+    neighbour search cannot be cached by numba and compiles once per process. Repeated calls
+    return 0 immediately.
 
     Args:
         aligned: also compile AlignedUMAP (for :func:`cliptk.viz.plot_before_after`).
+        rows: how many rows the coming projections have, if known: below
+            :data:`APPROXIMATE_FROM` only the exact path is compiled (cheaper); ``None`` = both.
+        seed: as for :func:`project`: an int (the default) warms the single-threaded kernels a
+            seeded projection runs, ``None`` the parallel ones.
+        metric: the metric the projections will use.
 
     Example (skipped by the doctest run: it compiles numba code for tens of seconds):
         >>> seconds = warm_up()          # doctest: +SKIP
     """
-    import umap  # here, not at module top: importing umap-learn loads numba and takes seconds
-
-    todo = {"umap"} | ({"aligned"} if aligned else set())
+    flavour = _flavour(seed)
+    paths = [False] if rows is not None and rows < APPROXIMATE_FROM else [False, True]
+    todo = {f"{flavour}-{'approximate' if p else 'exact'}" for p in paths} | ({"aligned"} if aligned else set())
     if todo <= _WARM:
         return 0.0
     t0 = time.perf_counter()
-    x = np.random.default_rng(0).normal(size=(64, 8)).astype(np.float32)
+    rng = np.random.default_rng(0)
+    # 640 x 512 float32 (1.25 MiB): above the 1 MiB from which pynndescent's forest splits nodes
+    # breadth-first, so its split kernels compile here too, as for a real 10k x 512 projection
+    x = rng.normal(size=(640, 512)).astype(np.float32)
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")
-        if "umap" not in _WARM:
-            umap.UMAP(n_neighbors=5, n_epochs=5, metric="cosine", random_state=0).fit_transform(x)
-            _WARM.add("umap")
+        for approximate in paths:   # project's nearest-neighbour paths; it says "compiling" if nothing is cached
+            if f"{flavour}-{'approximate' if approximate else 'exact'}" not in _WARM:
+                project(x, "umap", seed=seed, metric=metric, n_epochs=5, force_approximation_algorithm=approximate)
         if aligned and "aligned" not in _WARM:
-            umap.AlignedUMAP(n_neighbors=5, n_epochs=5, metric="cosine", random_state=0).fit(
-                [x, x], relations=[{i: i for i in range(len(x))}])
-            _WARM.add("aligned")
+            aligned_projection(x[:64], x[:64] + 0.01 * rng.normal(size=(64, 512)).astype(np.float32), seed=seed,
+                               n_epochs=5)
     return time.perf_counter() - t0
 
 
@@ -271,7 +380,7 @@ def _run_estimator(cfg: ProjectionConfig, x: np.ndarray) -> np.ndarray:
         kw.update(cfg.options)
         return TSNE(cfg.n_components, **kw).fit_transform(x).astype(np.float32)
 
-    import umap  # method == "umap" (lazy, see above)
+    umap = _import_umap()  # method == "umap" (lazy, see above)
 
     n_epochs = cfg.n_epochs if cfg.n_epochs is not None else (500 if n < 5000 else 200)
     kw = dict(n_neighbors=min(cfg.n_neighbors, n - 1), min_dist=cfg.min_dist, metric=metric,
@@ -279,11 +388,15 @@ def _run_estimator(cfg: ProjectionConfig, x: np.ndarray) -> np.ndarray:
     if n <= cfg.n_components + 2:
         kw["init"] = "random"  # spectral init needs more points than dimensions
     kw.update(cfg.options)
+    path = "approximate" if n >= APPROXIMATE_FROM or kw.get("force_approximation_algorithm") else "exact"
+    _say_compiling(_flavour(cfg.seed), path == "approximate")
     with warnings.catch_warnings():
         warnings.filterwarnings("ignore", message=".*n_jobs value.*overridden.*")
         warnings.filterwarnings("ignore", message=".*gradient function is not yet implemented.*")
+        warnings.filterwarnings("ignore", message=".*[Cc]annot cache.*")   # numba: a kernel it cannot keep
         out = umap.UMAP(n_components=cfg.n_components, **kw).fit_transform(x)
-    _WARM.add("umap")
+    _compiled(_flavour(cfg.seed))
+    _WARM.add(f"{_flavour(cfg.seed)}-{path}")
     return np.asarray(out, dtype=np.float32)
 
 
@@ -343,15 +456,17 @@ def aligned_projection(emb_before: ArrayLike, emb_after: ArrayLike, method: str 
         pb = project(b, method, n_components, seed=seed, **options)
         pa = project(a, method, n_components, seed=seed, **options)
         return pb, _procrustes_to(pb, pa)
-    import umap  # lazy: numba, slow to import
+    umap = _import_umap()  # lazy: numba, slow to import
 
     n = b.shape[0]
     kw = dict(n_neighbors=min(15, n - 1), metric="cosine", random_state=seed, n_epochs=200 if n >= 5000 else None)
     kw.update(options)
+    _say_compiling("aligned")
     with warnings.catch_warnings(), threadpool_limits(1):  # see ProjectionConfig.threads
         warnings.filterwarnings("ignore", message=".*n_jobs value.*overridden.*")
+        warnings.filterwarnings("ignore", message=".*[Cc]annot cache.*")
         mapper = umap.AlignedUMAP(n_components=n_components, **kw).fit(
             [unit_rows(b, "emb_before", np.float32), unit_rows(a, "emb_after", np.float32)],
             relations=[{i: i for i in range(n)}])
-    _WARM.update(("umap", "aligned"))
+    _compiled("aligned")
     return (np.asarray(mapper.embeddings_[0], dtype=np.float32), np.asarray(mapper.embeddings_[1], dtype=np.float32))
