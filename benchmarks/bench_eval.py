@@ -14,6 +14,11 @@ The kernel is compiled once before timing (numba caches it on disk for later pro
     python benchmarks/bench_eval.py --full               # 20000 x 100000 (the issue's goal: <= 40 s)
     python benchmarks/bench_eval.py --full --skip-old    # new only (the old one takes minutes there)
     python benchmarks/bench_eval.py --rerank 4000        # time k-reciprocal re-ranking at n images
+    python benchmarks/bench_eval.py --neighbours 100000  # one explorer click: k=10 neighbours of a row among n
+
+``--neighbours`` times :meth:`cliptk.metrics.NeighbourIndex.search` for single rows (median of 20
+clicks; the index built once) against the explorer's current brute force (a full similarity row and a stable argsort)
+and checks that both give the same neighbours.
 """
 from __future__ import annotations
 
@@ -110,12 +115,41 @@ def run_rerank(n: int) -> str:
     return f"re-rank {nq:,} + {n - nq:,} = {n:,} images: {dt:.1f} s wall ({cpu:.1f} s CPU), {mem:.0f} MiB peak"
 
 
+def run_neighbours(n: int, k: int = 10, clicks: int = 20) -> str:
+    _, x, _, _, _, _ = planted(1, n, seed=2)
+    x = x / np.linalg.norm(x, axis=1, keepdims=True)
+
+    def brute(i):   # cliptk/widgets/explorer.py Explorer.neighbours as it is
+        sims = x @ x[i]
+        sims[i] = -np.inf
+        return np.argsort(-sims, kind="stable")[:k]
+
+    t0 = time.perf_counter()
+    index = metrics.NeighbourIndex(x)
+    t_build = time.perf_counter() - t0
+    rows = np.random.default_rng(3).integers(0, n, clicks)
+    t_new, t_old, same = [], [], True
+    for i in rows:
+        t0 = time.perf_counter()
+        idx, _ = index.search([i], k)
+        t1 = time.perf_counter()
+        ref = brute(i)
+        t_old.append(time.perf_counter() - t1)
+        t_new.append(t1 - t0)
+        same &= bool(np.array_equal(idx[0], ref))
+    return (f"one click, k={k} neighbours among {n:,} points ({DIM}-d float32), median of {clicks}: "
+            f"NeighbourIndex.search {1e3 * np.median(t_new):.1f} ms (index built once in {t_build:.2f} s), "
+            f"brute force + argsort {1e3 * np.median(t_old):.1f} ms, "
+            f"same neighbours: {'yes' if same else 'NO'}")
+
+
 def main(argv: list[str] | None = None) -> None:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--sizes", default="4000x20000", help="comma-separated NQxNG sizes")
     ap.add_argument("--full", action="store_true", help="add 20000x100000")
     ap.add_argument("--skip-old", action="store_true", help="time only the new implementation")
     ap.add_argument("--rerank", type=int, default=0, help="also time re-ranking on this many images")
+    ap.add_argument("--neighbours", type=int, default=0, help="also time one explorer click among this many points")
     a = ap.parse_args(argv)
     sizes = [tuple(int(x) for x in s.lower().split("x")) for s in a.sizes.split(",") if s]
     if a.full:
@@ -131,6 +165,10 @@ def main(argv: list[str] | None = None) -> None:
         print(run_size(nq, ng, a.skip_old), flush=True)
     if a.rerank:
         print(run_rerank(a.rerank))
+    if a.neighbours:
+        metrics.nearest_neighbours(warm[1], 3, rows=[0])   # compile outside the timing
+        print(run_neighbours(a.neighbours), flush=True)
+    print(f"load average at the end {os.getloadavg()[0]:.1f}")
 
 
 if __name__ == "__main__":

@@ -23,6 +23,20 @@ depend on the machine's load). Per tower it times:
 as smooth as a CAM (noise on the layer's grid). On a random-init model they mean little; with
 ``--checkpoint`` a useful map has a deletion AUC below random and an insertion AUC above.
 
+``--towers NAME[:PRETRAINED],...`` runs the agreement table instead (issue 16 item 5): for each tower
+(cliptk's or any open_clip architecture; random init unless a tag / checkpoint follows the colon or
+``--checkpoint`` is given; random-init ResNets get calibrated BN), ``--queries``
+queries x ``--gallery`` gallery images (20 pairs by default), the exact fast path against the
+approximate mode at each ``--fractions`` of the channel count (default 1/8 and 1/16: the issue allows
+at most 1/8 of the exact masked passes). It prints the images through the image tower per query (exact = one masked image per channel, plus
+the query and its gallery images),
+wall seconds per query, the ratio of both, and the median / worst Pearson r over the pairs against the
+exact map (goal: median >= 0.95, worst >= 0.85). Exact maps of a real tower are expensive on a CPU (ViT-B-32
+at 224 px: 768 masked images per query; RN50: 2048):
+
+    python benchmarks/bench_scorecam.py --towers cliptk-tiny:synthetic-players,cliptk-tiny,cliptk-tiny-rn
+    python benchmarks/bench_scorecam.py --towers ViT-B-32 --queries 1 --gallery 10
+
 Results and the lab notes on the approximation: ``benchmarks/RESULTS.md`` (Score-CAM section).
 
 A random tiny ModifiedResNet's embedding is nearly constant (zero-initialised last BN of each block,
@@ -161,6 +175,41 @@ def bench(model: ClipModel, query, gallery, library_pairs: int, args) -> tuple[l
     return rows, verdict, fast[0].channels, k
 
 
+def agreement(name: str, weights: str | None, args) -> list[str]:
+    """Rows of the agreement table for one tower: exact fast path vs approximate groups."""
+    model = ct.load_model(name, weights, image_only=True)
+    if weights is None and model.tower_type == "resnet":
+        calibrate_batchnorm(model)
+    meter = Meter(model)
+    pairs = [players(args.gallery, seed=q) for q in range(args.queries)]
+    similarity_cams(model, pairs[0][0], pairs[0][1][:1], top_channels=2, batch_size=args.batch_size)   # warm-up
+    exact, cost_exact = [], [0.0, 0]
+    for query, gallery, _ in pairs:
+        cams, (wall, _cpu, images) = meter.once(
+            lambda: similarity_cams(model, query, gallery, top_channels=None, batch_size=args.batch_size))
+        exact.append(cams)
+        cost_exact[0] += wall
+        cost_exact[1] += images
+    channels = exact[0][0].channels
+    n_q, n_pairs = len(pairs), sum(len(g) for _, g, _ in pairs)
+    init = "random init" if weights is None else weights
+    rows = [f"| {name} ({model.tower_type}, {init}, {model.image_size[0]}x{model.image_size[1]}) | {channels} | exact | "
+            f"{cost_exact[1] / n_q:.0f} | {cost_exact[0] / n_q:.1f} | 1 | 1 | 1 | 1 |"]
+    for frac in args.fractions:
+        groups = max(1, int(channels * frac))
+        wall_sum, img_sum, rs = 0.0, 0, []
+        for (query, gallery, _), ref in zip(pairs, exact):
+            cams, (wall, _cpu, images) = meter.once(
+                lambda: similarity_cams(model, query, gallery, top_channels=groups, batch_size=args.batch_size))
+            wall_sum, img_sum = wall_sum + wall, img_sum + images
+            rs += [pearson(c.input_map_a, e.input_map_a) for c, e in zip(cams, ref)]
+        rows.append(f"| | | {groups} groups (1/{round(1 / frac)}) | {img_sum / n_q:.0f} | {wall_sum / n_q:.1f} "
+                    f"| {cost_exact[1] / img_sum:.1f}x | {cost_exact[0] / wall_sum:.1f}x "
+                    f"| {np.median(rs):.3f} | {min(rs):.3f} |")
+    print(f"  ({name}: {n_q} queries x {args.gallery} gallery = {n_pairs} pairs)", flush=True)
+    return rows
+
+
 def fmt(v, spec):
     return "-" if v is None or (isinstance(v, float) and np.isnan(v)) else format(v, spec)
 
@@ -179,10 +228,30 @@ def main() -> None:
                              "(floats), comma-separated (the first is checked against the targets)")
     parser.add_argument("--steps", type=int, default=8, help="deletion / insertion steps")
     parser.add_argument("--threads", type=int, default=2)
+    parser.add_argument("--towers", default=None,
+                        help="comma-separated model names: print the exact-vs-approximate agreement table only")
+    parser.add_argument("--queries", type=int, default=2, help="agreement table: queries (x --gallery = pairs)")
+    parser.add_argument("--fractions", default="0.125,0.0625",
+                        help="agreement table: channel groups as fractions of the channel count")
+    parser.add_argument("--batch-size", type=int, default=32, help="masked images per forward pass")
     args = parser.parse_args()
     args.top_channels = [float(f) if "." in f else int(f) for f in args.top_channels.split(",")]
     torch.set_num_threads(args.threads)
     torch.manual_seed(0)
+    if args.towers:
+        args.fractions = [float(f) for f in args.fractions.split(",")]
+        start = time.perf_counter()
+        print(f"Score-CAM agreement, approximate vs exact fast path, {torch.get_num_threads()} CPU threads, "
+              f"load average {os.getloadavg()[0]:.1f}")
+        table = ["| tower | channels | mode | tower img/query | wall s/query | img ratio | wall ratio "
+                 "| median r | worst r |", "| --- | --- | --- | --- | --- | --- | --- | --- | --- |"]
+        for spec in args.towers.split(","):
+            name, _, tag = spec.partition(":")
+            torch.manual_seed(0)
+            table += agreement(name, tag or args.checkpoint, args)
+        print("\n".join(table))
+        print(f"total {time.perf_counter() - start:.0f} s wall, load average at the end {os.getloadavg()[0]:.1f}")
+        return
 
     if args.checkpoint:
         from safetensors import safe_open

@@ -14,7 +14,7 @@ from typing import IO, Any, Iterator
 import numpy as np
 
 __all__ = ["atomic_path", "atomic_write", "atomic_write_text", "thumbnail_bytes", "thumbnail_uri", "to_numpy",
-           "as_rows", "unit_rows", "world"]
+           "as_rows", "unit_rows", "world", "barrier", "sum_over_ranks", "pid_alive"]
 
 
 # ------------------------------------------------------------------------------------------ files
@@ -153,3 +153,44 @@ def world() -> tuple[int, int]:
     if dist.is_available() and dist.is_initialized():
         return dist.get_rank(), dist.get_world_size()
     return 0, 1
+
+
+def barrier() -> None:
+    """Wait for every rank of the running process group (nothing to wait for without one)."""
+    import torch.distributed as dist
+
+    if world()[1] > 1:
+        dist.barrier()
+
+
+def sum_over_ranks(values: list[int]) -> list[int]:
+    """``values`` summed element-wise over the ranks of the running process group (as they are
+    without one); a CUDA tensor carries them under NCCL, a CPU one under gloo.
+
+    Example:
+        >>> sum_over_ranks([3, 4])
+        [3, 4]
+    """
+    import torch
+    import torch.distributed as dist
+
+    if world()[1] == 1:
+        return list(values)
+    device = "cuda" if dist.get_backend() == "nccl" else "cpu"
+    t = torch.tensor(values, dtype=torch.long, device=device)
+    dist.all_reduce(t, op=dist.ReduceOp.SUM)
+    return [int(v) for v in t.cpu()]
+
+
+def pid_alive(pid: int) -> bool:
+    """Whether process ``pid`` runs on this machine (this process's own pid counts as dead: in a
+    leftover file name it was a dead process's, since reused)."""
+    if pid == os.getpid():
+        return False
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except OSError:  # PermissionError: someone else's live process
+        return True
+    return True

@@ -1,4 +1,4 @@
-"""Command line: ``python -m cliptk {demo,data,eval,train}``.
+"""Command line: ``python -m cliptk {demo,data,eval,embed,train}``.
 
 ``demo`` is the main job, by default on the embedded default (no network, no GPU): generate the
 synthetic players, evaluate the bundled tiny CLIP zero-shot, fine-tune it with the CLIP-ReIdent
@@ -6,6 +6,9 @@ recipe, evaluate again, project the embeddings, explain pairs with Score-CAM, an
 self-contained HTML report plus the checkpoint. ``--data``, ``--model``, ``--pretrained``,
 ``--finetuned``, ``--config`` and ``--device`` are the notebooks' parameters, so the same report can
 be made for any model and dataset.
+
+``embed`` writes a dataset's embeddings to a folder of shards (resumable; under ``torchrun
+--nproc_per_node=N`` each rank embeds its own shards), which :func:`cliptk.embed.load_shards` reads.
 
 An error (a missing split, an unreadable image, missing weights, a bad config field) prints one
 line naming what is wrong and what to do, and exits with status 2; ``--debug`` shows the traceback.
@@ -18,13 +21,18 @@ import sys
 import time
 from pathlib import Path
 
+import torch.distributed as dist
+
+from ._util import world
 from .data import ImageLoadError, read_dataset
 from .data.download import download_main
+from .embed import SHARD_SIZE, embed_to_folder
 from .evaluate import evaluate
 from .models import WeightsNotAvailableError, load_model
 from .recipes import config_path, dataset, resolve_device, run_from_config
 from .synthetic import generate_players
 from .train import load_config
+from .train.devices import init_distributed, pick_device
 
 __all__ = ["main"]
 
@@ -54,6 +62,31 @@ def cmd_eval(args) -> int:
     result = evaluate(model, data, flip=args.flip, rerank=args.rerank)
     print(result)
     return 0
+
+
+def cmd_embed(args) -> int:
+    started = init_distributed(args.device)   # under torchrun: gloo on the CPU, NCCL on GPUs
+    try:
+        device = pick_device(args.device)       # this rank's GPU under torchrun
+        model = load_model(args.model, _pretrained(args.pretrained), device=str(device), image_only=True)
+        data = dataset(args.data, on_error="skip" if args.skip_unreadable else "raise")
+        if args.split:
+            data = data.subset(*args.split)
+        run = embed_to_folder(model, data, args.out, shard_size=args.shard_size, flip=args.flip,
+                              batch_size=args.batch_size, num_workers=args.workers, device=device,
+                              overwrite=args.overwrite, progress=not args.quiet)
+        if world()[0] == 0:
+            _say(f"{run}; read it with cliptk.embed.load_shards({str(run.out)!r})")
+    finally:
+        if started:
+            dist.destroy_process_group()
+    return 0
+
+
+def _shard_size(value: str) -> int:
+    if value.isdigit() and int(value) > 0:
+        return int(value)
+    raise argparse.ArgumentTypeError(f"{value!r}: write a positive number of images per shard (e.g. 4096)")
 
 
 def _resume_command(args) -> str:
@@ -100,6 +133,15 @@ def _bad_set(kv: str):
     raise ValueError(f"--set {kv!r}: write KEY=VALUE (e.g. --set lr=1e-4 data=/data/my_reid)")
 
 
+def _top_channels(value: str) -> int | str | None:
+    """``--top-channels``: ``auto``, ``exact`` or a positive number of channel groups."""
+    if value in ("auto", "exact"):
+        return None if value == "exact" else value
+    if value.isdigit() and int(value) > 0:
+        return int(value)
+    raise argparse.ArgumentTypeError(f"{value!r}: write auto, exact or a number of channel groups (e.g. 64)")
+
+
 def cmd_demo(args) -> int:
     from .demo import run_demo  # here, not at the top: the demo pulls in plotly, umap and grad-cam
 
@@ -125,8 +167,9 @@ def build_parser() -> argparse.ArgumentParser:
     demo.add_argument("--config", default="cpu_tiny", help="the recipe: a shipped config's name or a YAML path")
     demo.add_argument("--device", default="auto", help="auto (CUDA when present), cpu, cuda, cuda:1 ...")
     demo.add_argument("--minutes", type=float, default=None, help="fine-tuning budget (default: the config's epochs)")
-    demo.add_argument("--top-channels", type=int, default=None,
-                      help="approximate Score-CAM with this many channel groups (faster on wide towers)")
+    demo.add_argument("--top-channels", type=_top_channels, default="auto",
+                      help="Score-CAM channel groups: auto (approximate only for a large tower on the CPU), "
+                           "exact, or a number of groups (approximate, faster on wide towers)")
     demo.add_argument("--no-finetune", action="store_true", help="stop after the zero-shot evaluation")
     demo.set_defaults(func=cmd_demo)
 
@@ -158,9 +201,28 @@ def build_parser() -> argparse.ArgumentParser:
     ev.add_argument("--skip-unreadable", action="store_true", help="leave unreadable images out (counted) instead of failing")
     ev.set_defaults(func=cmd_eval)
 
+    em = sub.add_parser("embed", help="embed a dataset into a folder of shards + manifest (resumable, torchrun-ready)")
+    em.add_argument("--data", required=True, help="a dataset root or CSV manifest (layout is detected; without "
+                    "query/gallery, 20%% of the identities are held out, as eval does)")
+    em.add_argument("--model", default="cliptk-tiny")
+    em.add_argument("--pretrained", default="synthetic-players", help="tag, checkpoint file, or none")
+    em.add_argument("--out", required=True, help="the folder: rows.csv, embeddings.json, shard-*.safetensors")
+    em.add_argument("--split", nargs="+", default=None, metavar="NAME", help="only these splits (e.g. query gallery)")
+    em.add_argument("--device", default="auto", help="auto (CUDA when present; under torchrun each rank's GPU), cpu, cuda")
+    em.add_argument("--flip", action="store_true", help="average with the mirrored image")
+    em.add_argument("--batch-size", type=int, default=64)
+    em.add_argument("--shard-size", type=_shard_size, default=SHARD_SIZE, help="images per shard (the unit of resuming)")
+    em.add_argument("--workers", type=int, default=0, help="DataLoader worker processes")
+    em.add_argument("--skip-unreadable", action="store_true", help="embed unreadable images as NaN rows instead of failing")
+    em.add_argument("--overwrite", action="store_true", help="embed into an --out that holds another model's or another image list's "
+                    "embeddings instead of refusing (shards that still match are kept)")
+    em.add_argument("--quiet", action="store_true", help="no progress bars")
+    em.set_defaults(func=cmd_embed)
+
     tr = sub.add_parser("train", help="fine-tune from a YAML config (torchrun-ready)")
     tr.add_argument("--config", required=True, help="a YAML path or a shipped config's name (cpu_tiny, ...)")
-    tr.add_argument("--set", nargs="*", metavar="KEY=VALUE", help="override config fields")
+    tr.add_argument("--set", nargs="+", action="extend", metavar="KEY=VALUE",
+                    help="override config fields (repeatable: --set a=1 b=2 --set c=3)")
     tr.add_argument("--resume", nargs="?", const="", default=None, metavar="PATH",
                     help="continue exactly where a run stopped: its output_dir (default: the config's) or a checkpoint")
     tr.add_argument("--overwrite", action="store_true", help="replace a previous run in output_dir instead of refusing")
@@ -175,7 +237,7 @@ USER_ERRORS = (FileNotFoundError, NotADirectoryError, KeyError, ValueError, Type
 CLI_WEIGHTS_HINT = ("On the command line: --pretrained /path/to/weights (eval, demo) or --set pretrained=/path/to/weights "
                     "(train); --pretrained none (or --set pretrained=none) for a random init.")
 
-CLI_IMAGE_HINT = "On the command line: eval --skip-unreadable, train --set on_error=skip."
+CLI_IMAGE_HINT = "On the command line: eval --skip-unreadable, embed --skip-unreadable, train --set on_error=skip."
 
 
 def error_line(err: BaseException) -> str:

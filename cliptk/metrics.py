@@ -43,9 +43,8 @@ from typing import Any
 import numpy as np
 import scipy.sparse as sp
 from scipy.special import logsumexp
-from sklearn.manifold import trustworthiness as _sk_trustworthiness
-from sklearn.metrics import confusion_matrix
-from sklearn.neighbors import NearestNeighbors
+# scikit-learn is imported inside the three functions that use it: it costs seconds at import, and
+# `import cliptk` (so every torchrun worker) imports this module for `evaluate`.
 
 from ._util import as_rows, to_numpy, unit_rows
 from .ranking_kernels import _pid_groups, distance_chunks, match_ranks, protocol_codes, row_chunks, top_k_smallest
@@ -57,6 +56,8 @@ __all__ = [
     "rerank_k_reciprocal",
     "RERANK_MAX_IMAGES",
     "classify_zero_shot",
+    "NeighbourIndex",
+    "nearest_neighbours",
     "knn_accuracy",
     "neighbourhood_overlap",
     "trustworthiness",
@@ -626,6 +627,8 @@ def classify_zero_shot(
     if not known.any():
         raise ValueError("every label is -1 (unknown); nothing to score")
 
+    from sklearn.metrics import confusion_matrix
+
     scores = img @ txt.T
     pred = scores.argmax(axis=1)
     k = min(top_k, n_classes)
@@ -651,12 +654,93 @@ def classify_zero_shot(
 # --------------------------------------------------------------------------------------------------
 
 
+class NeighbourIndex:
+    """Exact cosine nearest-neighbour search over fixed embeddings: normalised and checked once,
+    then each :meth:`search` costs one product with the rows asked about and an exact top-k.
+
+    What a click in the explorer needs on 100k points (a full pass over the embeddings, no
+    re-normalisation), and :func:`nearest_neighbours` for all rows at once. Distances are
+    ``1 - x @ x.T`` in the query chunks of :func:`cliptk.ranking_kernels.distance_chunks`, the
+    row itself left out, and the top-k is :func:`cliptk.ranking_kernels.top_k_smallest`, so the
+    result is the first ``k`` columns of a stable argsort of the distances (ties go to the lower
+    row), without the ``n x n`` matrix. No approximate index (faiss HNSW/IVF, usearch): results
+    must equal brute force, and an exact index (faiss ``IndexFlatIP``) does the same product and
+    selection.
+
+    Raises:
+        ValueError: NaN/inf or all-zero rows (the message names the first).
+
+    Example:
+        >>> index = NeighbourIndex([[1, 0], [0.9, 0.1], [0, 1], [1, 0]])
+        >>> idx, sim = index.search([0], k=2)
+        >>> idx.tolist(), sim.round(3).tolist()
+        ([[3, 1]], [[1.0, 0.994]])
+    """
+
+    def __init__(self, emb: ArrayLike):
+        self.embeddings = unit_rows(emb, "emb")
+
+    def __len__(self) -> int:
+        return self.embeddings.shape[0]
+
+    def __repr__(self) -> str:
+        return f"NeighbourIndex({len(self)} x {self.embeddings.shape[1]}, {self.embeddings.dtype})"
+
+    def search(self, rows: ArrayLike | None = None, k: int = 10) -> tuple[np.ndarray, np.ndarray]:
+        """The ``k`` most similar *other* rows of each of ``rows`` (default: all).
+
+        Returns:
+            ``(indices, similarities)``, both ``(m, k)``, most similar first; ``similarities`` is
+            ``1 - distance`` of the ranking.
+
+        Raises:
+            ValueError: ``k`` not in ``[1, n - 1]``. IndexError: a row outside ``[0, n)``.
+        """
+        x = self.embeddings
+        n = x.shape[0]
+        if isinstance(k, bool) or int(k) != k or not 1 <= k < n:
+            raise ValueError(f"k must be an integer in [1, {n - 1}] for {n} points, got {k!r}")
+        rows = np.arange(n) if rows is None else np.asarray(rows, dtype=np.int64).reshape(-1)
+        if len(rows) and (rows.min() < 0 or rows.max() >= n):
+            bad = int(rows[(rows < 0) | (rows >= n)][0])
+            raise IndexError(f"row {bad} is not a row of the {n} embeddings")
+        idx = np.empty((len(rows), int(k)), dtype=np.int64)
+        sim = np.empty((len(rows), int(k)), dtype=x.dtype)
+        for s, e, dist in distance_chunks(x[rows], x):
+            r = np.arange(e - s)
+            dist[r, rows[s:e]] = np.inf   # never the row itself
+            top = top_k_smallest(dist, int(k))
+            idx[s:e] = top
+            sim[s:e] = 1 - dist[r[:, None], top]
+        return idx, sim
+
+
+def nearest_neighbours(emb: ArrayLike, k: int = 10, rows: ArrayLike | None = None) -> tuple[np.ndarray, np.ndarray]:
+    """The ``k`` most cosine-similar *other* rows of each of ``rows`` (default: all), exactly and in
+    bounded memory: ``NeighbourIndex(emb).search(rows, k)`` (see :class:`NeighbourIndex`; hold
+    one index for repeated searches on the same embeddings).
+
+    Returns:
+        ``(indices, similarities)``, both ``(m, k)``, most similar first.
+
+    Raises:
+        ValueError: NaN or zero rows, ``k`` out of range. IndexError: a row outside ``[0, n)``.
+
+    Example:
+        >>> nearest_neighbours([[1, 0], [0.9, 0.1], [0, 1], [1, 0]], k=1)[0].ravel().tolist()
+        [3, 0, 1, 0]
+    """
+    return NeighbourIndex(emb).search(rows, k)
+
+
 def _neighbours(x: np.ndarray, k: int, metric: str, name: str) -> np.ndarray:
     """Indices ``(n, k)`` of the k nearest other points of each row (the point itself excluded)."""
     if not 1 <= k < x.shape[0]:
         raise ValueError(
             f"k must be in [1, {x.shape[0] - 1}] for {x.shape[0]} points in {name}, got {k}"
         )
+    from sklearn.neighbors import NearestNeighbors
+
     nn = NearestNeighbors(n_neighbors=k, metric=metric, algorithm="brute").fit(x)
     return nn.kneighbors(return_distance=False)
 
@@ -778,7 +862,9 @@ def trustworthiness(
         h, lo, n = h[idx], lo[idx], max_samples
     if not 1 <= k < n / 2:
         raise ValueError(f"k must be in [1, {n / 2}) for {n} points, got {k}; lower k")
-    return float(_sk_trustworthiness(h, lo, n_neighbors=k, metric=metric_high))
+    from sklearn.manifold import trustworthiness
+
+    return float(trustworthiness(h, lo, n_neighbors=k, metric=metric_high))
 
 
 def alignment(x: ArrayLike, y: ArrayLike, alpha: float = 2) -> float:

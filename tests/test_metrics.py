@@ -196,6 +196,41 @@ def test_top_k_smallest_and_prefix_equal_a_stable_argsort():
     assert RK.top_k_smallest(np.zeros((2, 3)), 0).shape == (2, 0)
 
 
+def test_nearest_neighbours_in_chunks_equal_brute_force(monkeypatch):
+    """Exact top-k of the other rows, chunk by chunk, equals a stable argsort of the full distance
+    matrix (self excluded) on rows full of exact ties (components 0, +-1/2, +-1: every product is
+    exact whatever the BLAS blocking), and scikit-learn's brute-force cosine neighbours on
+    random rows."""
+    rng = np.random.default_rng(0)
+    signs = np.array(np.meshgrid(*[[-0.5, 0.5]] * 4)).reshape(4, -1).T
+    pool = np.concatenate([np.eye(4), -np.eye(4), signs])
+    x = pool[rng.integers(0, len(pool), 40)]
+    monkeypatch.setattr(RK, "CHUNK_ELEMENTS", 3 * 40)   # three rows per chunk
+    for dtype in (np.float64, np.float32):
+        xd = x.astype(dtype)
+        full = 1 - xd @ xd.T
+        np.fill_diagonal(full, np.inf)
+        ref = np.argsort(full, axis=1, kind="stable")
+        for k in (1, 5, 39):
+            idx, sim = M.nearest_neighbours(xd, k)
+            np.testing.assert_array_equal(idx, ref[:, :k])
+            np.testing.assert_array_equal(sim, 1 - np.take_along_axis(full, ref[:, :k], axis=1))
+        index = M.NeighbourIndex(xd)
+        for row in (5, 0, 39):   # one click at a time, as the explorer asks
+            np.testing.assert_array_equal(index.search([row], 7)[0], ref[[row], :7])
+        np.testing.assert_array_equal(index.search([5, 0, 5], 7)[0], ref[[5, 0, 5], :7])
+    from sklearn.neighbors import NearestNeighbors
+
+    y = rng.normal(size=(300, 16))
+    want = NearestNeighbors(n_neighbors=8, metric="cosine", algorithm="brute").fit(y).kneighbors(return_distance=False)
+    monkeypatch.setattr(RK, "CHUNK_ELEMENTS", 7 * 300)
+    np.testing.assert_array_equal(M.nearest_neighbours(y, 8)[0], want)
+    with pytest.raises(ValueError, match=r"k must be an integer in \[1, 39\]"):
+        M.nearest_neighbours(x, 40)
+    with pytest.raises(IndexError, match="row 40 is not a row"):
+        M.nearest_neighbours(x, 2, rows=[0, 40])
+
+
 def test_protocol_codes_and_chunks():
     qc, gc, qk, gk = RK.protocol_codes([5, 7], [7, 9, 5], [2, -1], [-1, 2, 2])
     assert (qc.tolist(), gc.tolist(), qk.tolist(), gk.tolist()) == ([0, 1], [1, 2, 0], [0, -1], [-1, 0, 0])

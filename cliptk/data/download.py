@@ -47,6 +47,7 @@ from typing import Callable
 
 from tqdm.auto import tqdm
 
+from .._util import pid_alive
 from .readers import read_dataset
 
 __all__ = [
@@ -93,18 +94,6 @@ def _check_url(url: str) -> str:
                         + (f" (scheme {parts.scheme!r})" if parts.scheme else "") + f"; {_URL_HELP}")
 
 
-def _alive(pid: int) -> bool:
-    if pid == os.getpid():
-        return False  # our own pid in an old name: a dead process whose pid was reused by us
-    try:
-        os.kill(pid, 0)
-    except ProcessLookupError:
-        return False
-    except OSError:  # PermissionError: someone else's live process
-        return True
-    return True
-
-
 def _clean_stale(root: Path) -> list[str]:
     """Remove the partial files of earlier downloads into ``root`` whose process is gone (killed
     with no chance to clean up); put back a previous dataset caught mid-replacement. Returns what
@@ -115,7 +104,7 @@ def _clean_stale(root: Path) -> list[str]:
     done = []
     for p in sorted(root.parent.iterdir()):
         m = pattern.match(p.name)
-        if m is None or _alive(int(m.group(1))):
+        if m is None or pid_alive(int(m.group(1))):
             continue
         if m.group(2) == "old" and not root.exists() and _has_layout(p):
             os.replace(p, root)
