@@ -45,7 +45,7 @@ from .metrics import ReIdResult
 from .models import BUNDLED, ClipModel, load_model, save_model
 from .settings import data_dir, is_smoke, pick, smoke_run
 from .synthetic import generate_players
-from .train import History, TrainConfig, find_weights, fit, load_config
+from .train import History, TrainConfig, find_weights, fit, load_config, trainer_for
 
 __all__ = ["load_from_config", "dataset_from_config", "run_from_config", "evaluate_from_config", "players",
            "players_root", "finetuned", "config_path", "config_names", "dataset", "train_config", "resolve_device",
@@ -121,7 +121,9 @@ def _eval_ready(cfg: TrainConfig, data: ReIdDataset) -> ReIdDataset:
 def run_from_config(config: ConfigLike, overrides: dict[str, Any] | None = None, *,
                     resume: str | os.PathLike | bool | None = None,
                     callbacks: Sequence[Callable[[dict], Any]] = ()) -> tuple[ClipModel, History]:
-    """Load the model and data a config names and :func:`cliptk.train.fit` it (``python -m cliptk train``).
+    """Load the model and data a config names and :func:`cliptk.train.fit` it (``python -m cliptk train``)
+    with the trainer the config names (:func:`cliptk.train.trainer_for`: ``objective:
+    image_text`` with ``lock`` trains on the data's captions, ``distill_teacher`` distils a teacher).
 
     Args:
         config: a YAML path (e.g. ``configs/cpu_tiny.yaml``), a dict or a :class:`cliptk.train.TrainConfig`.
@@ -141,7 +143,8 @@ def run_from_config(config: ConfigLike, overrides: dict[str, Any] | None = None,
 
     Raises:
         WeightsNotAvailableError: the pretrained weights are not on this machine (the message says
-            how to get them). Everything :func:`cliptk.train.fit` raises.
+            how to get them). ValueError: ``objective: image_text`` with ``image_only: true`` (no
+            text tower to train) or ``projection: false``. Everything :func:`cliptk.train.fit` raises.
 
     Example (trains; ``configs/cpu_tiny.yaml`` takes minutes):
         >>> model, history = run_from_config(config_path("cpu_tiny"), {"epochs": "1"})   # doctest: +SKIP
@@ -153,13 +156,19 @@ def run_from_config(config: ConfigLike, overrides: dict[str, Any] | None = None,
         cfg = cfg.replace(data=str(Path(cfg.data).resolve()))
     data = _eval_ready(cfg, dataset_from_config(cfg))
     cfg = fit_to_data(cfg, data, keep=set(overrides))
+    if cfg.objective == "image_text" and cfg.image_only:
+        raise ValueError("TrainConfig.image_only=True is invalid with objective='image_text': image-text training "
+                         "needs the text tower; set image_only: false")
+    if cfg.objective == "image_text" and not cfg.projection:
+        raise ValueError("TrainConfig.projection=False is invalid with objective='image_text': the image embeddings "
+                         "must be projected into the text tower's space; set projection: true")
     torch.manual_seed(cfg.seed)  # a random-init (or re-initialised) tower is the same in every run of a config
     model = load_from_config(cfg)
     eval_data = data if {cfg.query_split, cfg.gallery_split} <= set(data.split_names) else None
     if eval_data is None:
         note(f"no {cfg.query_split!r}/{cfg.gallery_split!r} split in {cfg.data}: training without evaluation "
              "(hold out identities with dataset.holdout(), or set query_split/gallery_split)")
-    history = fit(model, data, cfg, eval_data=eval_data, callbacks=callbacks, resume=resume)
+    history = fit(model, data, cfg, eval_data=eval_data, callbacks=callbacks, resume=resume, trainer=trainer_for(cfg))
     return model, history
 
 
@@ -442,7 +451,7 @@ def finetuned(config: ConfigLike = "cpu_tiny", *, data: str | os.PathLike | ReId
     net = load_from_config(cfg)
     eval_data = ds if {cfg.query_split, cfg.gallery_split} <= set(ds.split_names) else None
     history = fit(net, ds, cfg.replace(output_dir=str(out), progress=progress), eval_data=eval_data,
-                  callbacks=callbacks)
+                  callbacks=callbacks, trainer=trainer_for(cfg))
     save_model(net, weights)
     atomic_write_text(rows, json.dumps(history.rows, default=float))
     return net, history

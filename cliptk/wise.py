@@ -55,6 +55,7 @@ import torch  # noqa: F401  (the doctests use it)
 from .data import ReIdDataset
 from .evaluate import evaluate
 from .models import ClipModel, remove_projection, save_model
+from .train.image_text import zero_shot_accuracy   # one batch of prompts per alpha
 
 __all__ = ["wise_ft", "wise_ft_curve", "WiseCurve"]
 
@@ -205,7 +206,6 @@ def wise_ft_curve(zero_shot: ClipModel, fine_tuned: ClipModel, dataset: ReIdData
     if (column is None) != (prompts is None):
         raise ValueError("wise_ft_curve: pass both column= and prompts= for the zero-shot probe, or neither")
     probe_data = dataset.subset(probe_split) if column is not None and probe_split is not None else dataset
-    from .train.image_text import zero_shot_accuracy   # one batch of prompts per alpha
 
     rows, models = [], {}
     with warnings.catch_warnings(), tempfile.TemporaryDirectory() as tmp:

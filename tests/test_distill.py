@@ -5,13 +5,15 @@ from __future__ import annotations
 
 import copy
 
+import numpy as np
 import pytest
 import torch
 import torch.nn.functional as F
 from open_clip.loss import DistillClipLoss
 
 from cliptk.losses import LOSSES
-from cliptk.train import TrainConfig, fit
+from cliptk.models import save_model
+from cliptk.train import TrainConfig, Trainer, fit, trainer_for
 from cliptk.train.distill import (DistillLoss, DistillTrainer, TeacherCache, cache_teacher_embeddings,
                                   neighbour_agreement)
 from conftest import make_model
@@ -107,6 +109,41 @@ def test_trainer_refuses_a_cache_of_other_rows(tiny_players):
     with pytest.raises(ValueError, match="rebuild it"):
         fit(make_model("cliptk-micro", image_only=True), tiny_players, cfg, trainer=DistillTrainer.using(cache))
     with pytest.raises(ValueError, match="needs a teacher cache"):
+        fit(make_model("cliptk-micro", image_only=True), tiny_players, cfg, trainer=DistillTrainer)
+
+
+def _student_run(data, cfg, trainer):
+    h = fit(make_model("cliptk-micro", seed=6, image_only=True), data, cfg, trainer=trainer)
+    return h.steps[["loss", "contrastive", "distill"]].to_numpy()
+
+
+def test_the_config_names_the_teacher_as_a_cache_file_or_a_model(tiny_players, tmp_path):
+    """TrainConfig(distill_teacher=..., distill_weight=λ) trains exactly as DistillTrainer.using(cache, 1 - λ, λ):
+    from a cache file, and from a model whose embeddings the trainer caches itself (without moving the RNG)."""
+    teacher = make_model("cliptk-micro", seed=7, image_only=True)
+    save_model(teacher, tmp_path / "teacher.safetensors")
+    cache = cache_teacher_embeddings(teacher, tiny_players, path=tmp_path / "cache.safetensors")
+    cfg = TrainConfig(batch_size=4, max_steps=2, eval_before=False, progress=False, device="cpu", flip_p=0.5)
+    reference = _student_run(tiny_players, cfg, DistillTrainer.using(cache, contrastive_weight=0.7,
+                                                                     distill_weight=0.3))
+    from_file = cfg.replace(distill_teacher=str(tmp_path / "cache.safetensors"), distill_weight=0.3)
+    from_model = cfg.replace(distill_teacher="cliptk-micro", distill_weight=0.3,
+                             distill_teacher_pretrained=str(tmp_path / "teacher.safetensors"))
+    for c in (from_file, from_model):
+        assert trainer_for(c) is DistillTrainer
+        np.testing.assert_array_equal(_student_run(tiny_players, c, trainer_for(c)), reference)   # bitwise
+
+
+def test_a_teacher_in_the_config_is_never_silently_ignored(tiny_players, tmp_path):
+    cfg = TrainConfig(batch_size=4, max_steps=1, eval_before=False, progress=False, device="cpu",
+                      distill_teacher=str(tmp_path / "cache.safetensors"))
+    with pytest.raises(ValueError, match=r"TrainConfig\.distill_teacher=.*DistillTrainer, not by Trainer"):
+        fit(make_model("cliptk-micro", image_only=True), tiny_players, cfg, trainer=Trainer)
+    cache = cache_teacher_embeddings(make_model("cliptk-micro", image_only=True), tiny_players)
+    with pytest.raises(ValueError, match=r"TrainConfig\.distill_teacher=.*both name a teacher"):
+        fit(make_model("cliptk-micro", image_only=True), tiny_players, cfg, trainer=DistillTrainer.using(cache))
+    (tmp_path / "cache.safetensors").write_bytes(b"not a cache")
+    with pytest.raises(ValueError, match=r"cache\.safetensors is not a teacher cache"):
         fit(make_model("cliptk-micro", image_only=True), tiny_players, cfg, trainer=DistillTrainer)
 
 

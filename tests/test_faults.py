@@ -23,6 +23,7 @@ from __future__ import annotations
 import json
 import os
 import random
+import re
 import resource
 import signal
 import traceback
@@ -38,11 +39,12 @@ from PIL import Image
 from safetensors.torch import load_file, save_file
 
 import cliptk.train.checkpoint as C
-import cliptk.train.loop as L
+import cliptk.train.run_dir as R   # the module that writes the final model.safetensors (patched in a child process)
 from cliptk._util import atomic_path
 from cliptk.data import ReIdDataset
 from cliptk.losses import make_loss
-from cliptk.train import CheckpointError, NonFiniteLossError, TrainConfig, find_checkpoint, fit
+from cliptk.models import load_model
+from cliptk.train import CheckpointError, NonFiniteLossError, TrainConfig, find_checkpoint, find_weights, fit
 from conftest import make_model
 
 SEED = int(os.environ.get("CLIPTK_FAULT_SEED", "14"))
@@ -348,7 +350,7 @@ def test_sigkill(name, kind, step, data, reference, tmp_path):
                 with atomic_path(path) as tmp:
                     tmp.write_bytes(b"\0" * 1000)
                     _die()
-            L.save_model = save_model
+            R.save_model = save_model
         else:
             callbacks.append(_at_step(step, arm))
             if name == "in-trainer.pt":
@@ -463,3 +465,18 @@ def test_corrupted_newest_checkpoint(name, kind, step, data, reference, tmp_path
     with pytest.raises(CheckpointError, match=str(bad)):
         C.load_checkpoint(newest)
     _survived(run, data, reference, [step - 1], warn=rf"{bad}.*trying the previous checkpoint", injected=bad)
+
+
+# --------------------------------------------------------------------------- a corrupted final model.safetensors
+@pytest.mark.parametrize("cut", ["half", "tail-100", "zero-bytes"])
+def test_a_corrupted_final_model_names_the_file_when_loaded(cut, data, tmp_path):
+    """A run folder's final weights truncated after the run (a copy cut short, a full disk elsewhere):
+    cliptk.models.load_model names the file instead of loading something."""
+    run = tmp_path / "run"
+    fit(_model(), data, CFG.replace(output_dir=str(run), max_steps=1, save_every_steps=None))
+    final = run / C.WEIGHTS
+    assert find_weights(run) == final
+    raw = final.read_bytes()
+    final.write_bytes({"half": raw[: len(raw) // 2], "tail-100": raw[:-100], "zero-bytes": b""}[cut])
+    with pytest.raises((RuntimeError, ValueError, OSError), match=re.escape(str(final))):
+        load_model("cliptk-micro", str(final), image_only=True)

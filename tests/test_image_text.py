@@ -122,3 +122,18 @@ def test_batched_probe_equals_zero_shot_probe(tiny_players):
     ours, ref = zero_shot_accuracy(model, q, "number", prompts), ct.zero_shot_probe(model, q, "number", prompts,
                                                                                   progress=False)
     assert ours.accuracy == ref.accuracy and np.array_equal(ours.predictions, ref.predictions)
+
+
+def test_the_config_chooses_the_objective_and_the_lock(tiny_players, tmp_path):
+    """TrainConfig(objective="image_text", lock=...) picks ImageTextTrainer and its lock; the plain Trainer refuses
+    a config it would only half-use; a config lock that contradicts ImageTextTrainer.locked(...) is refused."""
+    cfg = _cfg(objective="image_text", lock="text", output_dir=str(tmp_path / "run"))
+    assert ct.train.trainer_for(cfg) is ImageTextTrainer
+    model = make_model("cliptk-micro", seed=4)
+    image, text = _towers(model)
+    fit(model, tiny_players, cfg.replace(max_steps=1), trainer=ct.train.trainer_for(cfg))
+    assert _changed(text, model) == set() and _changed(image, model)
+    with pytest.raises(ValueError, match=r"TrainConfig\.objective='image_text' is not what Trainer trains"):
+        fit(make_model("cliptk-micro"), tiny_players, cfg, trainer=ct.train.Trainer)
+    with pytest.raises(ValueError, match=r"TrainConfig\.lock='text' but the trainer is .*locked\('image'\)"):
+        fit(make_model("cliptk-micro"), tiny_players, cfg, trainer=ImageTextTrainer.locked("image"))

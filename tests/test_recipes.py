@@ -8,6 +8,7 @@ import torch
 import cliptk as ct
 from cliptk import metadata, recipes
 from cliptk.train import History
+from conftest import make_model
 
 
 def _state(model):
@@ -148,3 +149,57 @@ def test_with_eval_splits_is_deterministic_and_leaves_evaluable_data_alone(tiny_
     key = lambda d: sorted(zip(d.table["path"], d.table["split"]))
     assert key(a) == key(b)
     assert isinstance(a.summary(), pd.DataFrame)
+
+
+# --------------------------------------------------------------------------- the objective a config names
+def _caption_csv(tmp_path, tiny_players):
+    """A user's image-caption manifest (path, pid, caption) with captions written here, not the world's."""
+    train = tiny_players.subset("train")
+    words = ["red", "blue", "green", "white"]
+    rows = pd.DataFrame({"path": [str(p) for p in train.paths], "pid": train.pids,
+                         "caption": [f"a player in {words[int(pid) % 4]}, photo {i}" for i, pid in enumerate(train.pids)]})
+    rows.to_csv(tmp_path / "captions.csv", index=False)
+    return tmp_path / "captions.csv"
+
+
+def _towers(model):
+    params = dict(model.clip.named_parameters())
+    image = {n: p.detach().clone() for n, p in params.items() if n.startswith("visual.")}
+    text = {n: p.detach().clone() for n, p in params.items() if not n.startswith("visual.") and n != "logit_scale"}
+    return image, text
+
+
+def test_run_from_config_with_objective_image_text_trains_the_text_tower_of_a_caption_csv(tmp_path, tiny_players):
+    start = tmp_path / "start.safetensors"
+    ct.models.save_model(make_model("cliptk-micro", seed=11), start)
+    image0, text0 = _towers(ct.load_model("cliptk-micro", str(start), image_only=False))
+    cfg = {"model": "cliptk-micro", "pretrained": str(start), "image_only": False, "projection": True, "device": "cpu",
+           "data": str(_caption_csv(tmp_path, tiny_players)), "objective": "image_text", "lock": "image",
+           "batch_size": 4, "epochs": 1, "max_steps": 2, "lr": 1e-3, "lr_end": 1e-4, "warmup_epochs": 0,
+           "eval_before": False, "progress": False, "output_dir": str(tmp_path / "run")}
+    model, history = recipes.run_from_config(cfg)
+    assert len(history.steps) == 2 and "same_caption" in history.steps.columns   # ImageTextTrainer's column
+    assert "t2i_R1" in history.evals.columns
+    image1, text1 = _towers(model)
+    assert all(torch.equal(image0[n], image1[n]) for n in image0)                # LiT: the image tower is locked
+    changed = [n for n in text0 if not torch.equal(text0[n], text1[n])]
+    assert len(changed) > len(text0) // 2                                        # the text tower trained
+    saved = ct.TrainConfig.from_yaml(tmp_path / "run" / "config.yaml")
+    assert (saved.objective, saved.lock) == ("image_text", "image")             # a resume picks the same trainer
+
+
+@pytest.mark.parametrize("changes, field", [
+    ({"objective": "captions"}, "objective"),
+    ({"objective": "image_text", "lock": "sideways"}, "lock"),
+    ({"lock": "image"}, "lock"),                                                 # a lock without image-text training
+    ({"objective": "image_text", "image_only": True}, "image_only"),             # no text tower to train
+    ({"objective": "image_text", "image_only": False}, "projection"),            # image embeddings not in text space
+    ({"objective": "image_text", "distill_teacher": "cliptk-micro"}, "distill_teacher"),
+    ({"distill_weight": -0.1}, "distill_weight"),
+])
+def test_bad_objective_values_give_errors_naming_the_field(tmp_path, tiny_players_root, changes, field):
+    cfg = {"model": "cliptk-micro", "pretrained": None, "device": "cpu", "data": str(tiny_players_root),
+           "output_dir": str(tmp_path / "run"), "batch_size": 4, **changes}
+    with pytest.raises(ValueError, match=rf"TrainConfig\.{field}\b"):
+        recipes.run_from_config(cfg)
+    assert not (tmp_path / "run").exists()                                       # refused before anything is written

@@ -652,6 +652,8 @@ _OUT_OF_RANGE = {
     "max_steps": 0, "max_minutes": 0.0, "seed": -1, "loss": "nope", "label_smoothing": 1.0, "temperature": 1e-4,
     "max_logit_scale": 0.5, "amp": "fp8", "device": "tpu", "eval_every": -1, "eval_batch_size": 0,
     "output_dir": "", "save_every_steps": 0, "keep_checkpoints": 0,
+    "objective": "image_caption", "lock": "sideways", "distill_teacher": "", "distill_teacher_pretrained": "",
+    "distill_weight": 1.5,
 }
 _UNBOUNDED = {"pretrained", "image_only", "projection", "synthetic", "cache_images", "loss_kwargs",
               "learn_temperature", "grad_checkpointing", "eval_before", "eval_flip", "progress", "overwrite"}

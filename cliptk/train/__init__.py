@@ -30,8 +30,13 @@ Player Re-Identification", MMSports 2022):
 * several GPUs through ``torchrun``: the loss gathers embeddings from all ranks with gradients,
   the sampler shards each global batch by rank, only rank 0 evaluates, logs and writes.
 
-The loop is a :class:`Trainer` (:mod:`~cliptk.train.loop`); a new training method overrides its
-one method :meth:`Trainer.compute_loss` and runs as ``fit(..., trainer=MyTrainer)``. The
+The loop is a :class:`Trainer` (:mod:`~cliptk.train.loop`, built from :mod:`~cliptk.train.prepare`,
+:mod:`~cliptk.train.run_dir` and :mod:`~cliptk.train.interrupt`); a new training method overrides
+its one method :meth:`Trainer.compute_loss` and runs as ``fit(..., trainer=MyTrainer)``. Two such
+methods ship, chosen by the config (:func:`trainer_for`, :mod:`~cliptk.train.objectives`):
+:class:`ImageTextTrainer` (``objective="image_text"``: CLIP's image–caption InfoNCE, both towers or
+one locked with ``lock``, LiT) and :class:`DistillTrainer` (``distill_teacher``: MobileCLIP's
+distillation from cached teacher embeddings). The
 configuration is a :class:`TrainConfig` dataclass (:mod:`~cliptk.train.config`) with the paper's
 defaults and a YAML round trip; :mod:`cliptk.recipes` loads what a YAML file names and runs it
 end to end (``python -m cliptk train --config``).
@@ -49,15 +54,19 @@ from __future__ import annotations
 from .batches import Batch, PairImages, SkipBatches, joint_flip, make_sampler, train_rows
 from .callbacks import live_plot
 from .checkpoint import CheckpointError, RunExistsError, find_checkpoint, find_weights, load_checkpoint
-from .config import TrainConfig, load_config
+from .config import LOCKS, OBJECTIVES, TrainConfig, load_config
+from .distill import DistillTrainer
 from .history import COLUMNS, History, NonFiniteLossError
+from .image_text import ImageTextTrainer
 from .loop import Trainer, fit
+from .objectives import trainer_for
 from .schedule import lr_lambda, make_scheduler
 from .timelapse import Frame, Timelapse
 
 __all__ = [
-    "TrainConfig", "load_config",
-    "fit", "Trainer", "Batch", "History", "COLUMNS", "NonFiniteLossError",
+    "TrainConfig", "load_config", "OBJECTIVES", "LOCKS",
+    "fit", "Trainer", "trainer_for", "ImageTextTrainer", "DistillTrainer",
+    "Batch", "History", "COLUMNS", "NonFiniteLossError",
     "lr_lambda", "make_scheduler",
     "make_sampler", "PairImages", "SkipBatches", "joint_flip", "train_rows",
     "find_checkpoint", "find_weights", "load_checkpoint", "CheckpointError", "RunExistsError",

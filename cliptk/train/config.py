@@ -30,8 +30,12 @@ import yaml
 from .._util import atomic_write_text
 from ..losses import LOSSES
 
-__all__ = ["TrainConfig", "load_config"]
+__all__ = ["TrainConfig", "load_config", "OBJECTIVES", "LOCKS"]
 
+#: what a run trains: image tower on identity pairs, or CLIP's image-caption objective
+OBJECTIVES = ("image_image", "image_text")
+#: which tower an image-text run keeps frozen (LiT: "image")
+LOCKS = ("none", "image", "text")
 _AMP = ("auto", "bf16", "fp16", "off")
 _SCHEDULES = ("polynomial", "cosine", "constant")
 _ON_ERROR = ("raise", "skip")
@@ -61,6 +65,19 @@ class TrainConfig:
     whole groups, i.e. in-batch hard negatives), ``on_error`` (``"raise"``: an unreadable image
     stops reading the dataset; ``"skip"``: it is left out with a warning; passed to
     :func:`cliptk.read_dataset` by :func:`cliptk.recipes.run_from_config`).
+
+    Objective: ``objective`` (``"image_image"``: the image tower on (query, positive) identity
+    pairs, CLIP-ReIdent, a full model's text tower frozen; ``"image_text"``: symmetric image–caption
+    InfoNCE on the rows with a ``caption``, :class:`cliptk.train.ImageTextTrainer`), ``lock``
+    (``"image_text"`` only: ``"none"`` trains both towers, ``"image"`` freezes the image tower
+    (LiT, Zhai et al., CVPR 2022), ``"text"`` the text tower), ``distill_teacher`` (distil a teacher,
+    MobileCLIP, Vasu et al., CVPR 2024, with :class:`cliptk.train.DistillTrainer`: a teacher-cache
+    file written by :func:`cliptk.train.distill.cache_teacher_embeddings`, or a model name whose
+    embeddings are cached once at the start, with weights ``distill_teacher_pretrained``: a tag, a
+    ``.safetensors`` file or a run folder; None = no teacher), ``distill_weight`` (MobileCLIP's
+    ``λ``: the loss is ``(1 − λ)·contrastive + λ·distillation``; 1 = distillation only).
+    :func:`cliptk.train.trainer_for` (and so :func:`cliptk.recipes.run_from_config`) picks the
+    trainer these name.
 
     Model surgery at the start of a fresh run: ``reinit_blocks`` (re-initialise the image tower's
     last N blocks and head, :func:`cliptk.models.reinit_top_blocks`; 0 = keep all pre-trained
@@ -121,6 +138,12 @@ class TrainConfig:
     cache_images: bool = False
     group_by: str | None = None
     on_error: str = "raise"
+    # objective
+    objective: str = "image_image"
+    lock: str = "none"
+    distill_teacher: str | None = None
+    distill_teacher_pretrained: str | None = None
+    distill_weight: float = 1.0
     # model surgery (fresh runs only)
     reinit_blocks: int = 0
     # optimisation
@@ -163,6 +186,8 @@ class TrainConfig:
     def __post_init__(self) -> None:
         if isinstance(self.amp, bool):  # YAML 1.1 reads a bare `off` as false
             self.amp = "auto" if self.amp else "off"
+        if self.lock is None:           # `lock: null` / ImageTextTrainer's None: both towers train
+            self.lock = "none"
         hints = _hints()
         for f in fields(self):  # types first: the range checks below compare numbers
             setattr(self, f.name, _typed(f.name, getattr(self, f.name), hints[f.name]))
@@ -173,7 +198,7 @@ class TrainConfig:
         for name in ("model", "train_split", "query_split", "gallery_split"):
             if not getattr(self, name).strip():
                 raise bad(name, "must be a non-empty string")
-        for name in ("data", "output_dir", "group_by"):
+        for name in ("data", "output_dir", "group_by", "distill_teacher", "distill_teacher_pretrained"):
             if getattr(self, name) is not None and not getattr(self, name).strip():
                 raise bad(name, "must be None or a non-empty string")
 
@@ -231,6 +256,22 @@ class TrainConfig:
             raise bad("device", "choose 'auto', 'cpu', 'cuda' or 'cuda:N'")
         if self.on_error not in _ON_ERROR:
             raise bad("on_error", f"choose one of {_ON_ERROR}")
+        if self.objective not in OBJECTIVES:
+            raise bad("objective", f"choose one of {OBJECTIVES}")
+        if self.lock not in LOCKS:
+            raise bad("lock", f"choose one of {LOCKS}")
+        if self.lock != "none" and self.objective != "image_text":
+            raise bad("lock", f"locks a tower of image-text training; objective={self.objective!r} trains the image "
+                      "tower only (set objective: image_text, or lock: none)")
+        if self.lock == "image" and self.reinit_blocks:
+            raise bad("reinit_blocks", "would re-initialise the locked image tower (lock='image'); set reinit_blocks=0")
+        if self.distill_teacher is not None and self.objective != "image_image":
+            raise bad("distill_teacher", f"distils image-image pairs; objective={self.objective!r} is not supported "
+                      "with a teacher (set distill_teacher: null or objective: image_image)")
+        if self.distill_teacher_pretrained is not None and self.distill_teacher is None:
+            raise bad("distill_teacher_pretrained", "names the weights of distill_teacher, which is not set")
+        if not 0 <= self.distill_weight <= 1:
+            raise bad("distill_weight", "must be in [0, 1] (MobileCLIP's lambda: (1 - l)*contrastive + l*distillation)")
 
     # --- YAML / dict round trip ---------------------------------------------------------------
     def to_dict(self) -> dict[str, Any]:

@@ -49,8 +49,9 @@ from .._util import atomic_path, world
 from ..data import ReIdDataset
 from ..gather import gather_no_grad
 from ..losses import ContrastiveLoss, Views, register_loss
-from ..models import ClipModel
+from ..models import ClipModel, load_model
 from .batches import Batch, PairImages, joint_flip
+from .checkpoint import find_weights
 from .config import TrainConfig
 from .loop import Trainer
 
@@ -193,16 +194,23 @@ class TeacherCache:
 
         Raises:
             FileNotFoundError: no such file (build it with :func:`cache_teacher_embeddings`).
+            ValueError: the file is not a teacher cache (the message names it).
         """
         path = Path(path)
         if not path.is_file():
             raise FileNotFoundError(f"teacher cache not found: {path}; build it with "
                                     "cliptk.train.distill.cache_teacher_embeddings(teacher, dataset, path=...)")
-        with safe_open(str(path), framework="pt") as f:
-            meta = f.metadata() or {}
-            emb = f.get_tensor("embeddings")
-        return cls(emb, json.loads(meta["paths"]), float(meta["logit_scale"]), meta.get("teacher", ""),
-                   tuple(json.loads(meta.get("views", json.dumps(list(VIEWS))))), json.loads(meta.get("meta", "{}")))
+        try:
+            with safe_open(str(path), framework="pt") as f:
+                meta = f.metadata() or {}
+                emb = f.get_tensor("embeddings")
+            return cls(emb, json.loads(meta["paths"]), float(meta["logit_scale"]), meta.get("teacher", ""),
+                       tuple(json.loads(meta.get("views", json.dumps(list(VIEWS))))),
+                       json.loads(meta.get("meta", "{}")))
+        except Exception as err:
+            raise ValueError(f"{path} is not a teacher cache ({type(err).__name__}: {err}); write one with "
+                             "cliptk.train.distill.cache_teacher_embeddings(teacher, dataset, path=...), or name "
+                             "the teacher model instead (TrainConfig.distill_teacher)") from err
 
 
 @torch.no_grad()
@@ -257,8 +265,12 @@ class DistillTrainer(Trainer):
     """:class:`cliptk.train.Trainer` that distils a teacher from a :class:`TeacherCache` (no
     teacher forward pass while training).
 
-    Configure with :meth:`using` (the cache, ``λ_c``, ``λ_d``) and pass the class to
-    :func:`cliptk.train.fit` as ``trainer=``. Each batch looks up the teacher embeddings of its
+    Configure it from the config, ``TrainConfig(distill_teacher=..., distill_weight=λ)`` (a
+    teacher-cache file, or a model name with weights ``distill_teacher_pretrained`` whose
+    embeddings of the training rows are cached once here, before the first step; the loss is
+    MobileCLIP's ``(1 − λ)·contrastive + λ·distillation``), which :func:`cliptk.train.trainer_for`
+    and :func:`cliptk.recipes.run_from_config` turn into this trainer; or with :meth:`using` (the
+    cache, ``λ_c``, ``λ_d``), passing the class to :func:`cliptk.train.fit` as ``trainer=``. Each batch looks up the teacher embeddings of its
     rows in the view :func:`cliptk.train.joint_flip` gave them and calls :class:`DistillLoss`
     (the contrastive term uses ``TrainConfig.label_smoothing``); the History gets
     ``contrastive`` and ``distill`` columns (unweighted terms). ``TrainConfig.loss`` is not used.
@@ -283,6 +295,7 @@ class DistillTrainer(Trainer):
     teacher_cache: TeacherCache | str | os.PathLike | None = None
     contrastive_weight: float = 1.0
     distill_weight: float = 1.0
+    distils = True   # reads TrainConfig.distill_teacher (see Trainer.distils)
 
     @classmethod
     def using(cls, cache: TeacherCache | str | os.PathLike, *, contrastive_weight: float = 1.0,
@@ -294,15 +307,21 @@ class DistillTrainer(Trainer):
                                            "distill_weight": float(distill_weight), "__module__": cls.__module__})
 
     def __init__(self, model, train_data, config=None, eval_data=None, *, loss_fn=None, **kwargs):
-        if self.teacher_cache is None:
-            raise ValueError("DistillTrainer needs a teacher cache: fit(..., trainer=DistillTrainer.using(cache)) "
-                             "with cache = cache_teacher_embeddings(teacher, train_data)")
+        cfg = config if config is not None else TrainConfig()
+        bound = self.teacher_cache is not None   # DistillTrainer.using(cache)
+        if bound and cfg.distill_teacher is not None:
+            raise ValueError(f"TrainConfig.distill_teacher={cfg.distill_teacher!r} and DistillTrainer.using(cache) "
+                             "both name a teacher: drop one of the two")
+        if not bound and cfg.distill_teacher is None:
+            raise ValueError("DistillTrainer needs a teacher cache: TrainConfig.distill_teacher (a cache file or a "
+                             "model name), or fit(..., trainer=DistillTrainer.using(cache)) with cache = "
+                             "cache_teacher_embeddings(teacher, train_data)")
+        weights = (self.contrastive_weight, self.distill_weight) if bound else (1 - cfg.distill_weight,
+                                                                               cfg.distill_weight)
         if loss_fn is None:
-            cfg = config if config is not None else TrainConfig()
-            loss_fn = DistillLoss(self.contrastive_weight, self.distill_weight, label_smoothing=cfg.label_smoothing,
-                                  gather=world()[1] > 1)
+            loss_fn = DistillLoss(*weights, label_smoothing=cfg.label_smoothing, gather=world()[1] > 1)
         super().__init__(model, train_data, config, eval_data, loss_fn=loss_fn, **kwargs)
-        cache = self.teacher_cache
+        cache = self.teacher_cache if bound else self._config_teacher(cfg)
         cache = cache if isinstance(cache, TeacherCache) else TeacherCache.load(cache)
         own = self.train.table["path"].tolist()
         if cache.paths != own:
@@ -312,6 +331,23 @@ class DistillTrainer(Trainer):
                              "cache_teacher_embeddings(teacher, train_data) for these rows")
         self.cache = TeacherCache(cache.embeddings.to(self.device), cache.paths, cache.logit_scale, cache.teacher,
                                   cache.views, cache.meta)
+
+    def _config_teacher(self, cfg: TrainConfig) -> TeacherCache | Path:
+        """``cfg.distill_teacher``: a cache file as it is, or a model (weights
+        ``cfg.distill_teacher_pretrained``: a tag, a file or a run folder) whose embeddings of the
+        training rows are computed now, with the global RNG left as it was (the run stays the
+        same as with the cache file)."""
+        source = Path(cfg.distill_teacher).expanduser()
+        if source.is_file():
+            return source
+        weights = cfg.distill_teacher_pretrained
+        if weights is not None and Path(weights).expanduser().is_dir():
+            weights = str(find_weights(Path(weights).expanduser()))
+        rng_devices = [self.device.index or 0] if self.device.type == "cuda" else []
+        with torch.random.fork_rng(devices=rng_devices):   # a random-init teacher must not move the training RNG
+            teacher = load_model(cfg.distill_teacher, weights, device=self.device, image_only=True,
+                                 resize=cfg.resize)
+            return cache_teacher_embeddings(teacher, self.train, split=None, batch_size=cfg.eval_batch_size)
 
     def batches(self):
         """The base batches plus ``extras["flipped"]`` (``[2B]`` bool): which rows

@@ -5,7 +5,7 @@ towers, or one locked (LiT).
 captions (a CSV manifest's ``caption`` column, or the synthetic world's captions) can instead train
 CLIP's own objective, the symmetric image–text InfoNCE (Radford et al., ICML 2021), with:
 
-- ``lock=None`` — both towers train;
+- ``lock="none"`` (``TrainConfig.lock``; ``None`` for :meth:`ImageTextTrainer.locked`) — both towers train;
 - ``lock="image"`` — LiT ("locked-image tuning", Zhai et al., CVPR 2022): the image tower is
   frozen and the text tower learns to describe it (open_clip's ``--lock-image``);
 - ``lock="text"`` — the reverse: the image tower learns to match a fixed text tower
@@ -13,8 +13,11 @@ CLIP's own objective, the symmetric image–text InfoNCE (Radford et al., ICML 2
 
 :class:`ImageTextTrainer` is a :class:`cliptk.train.Trainer` that overrides only
 :meth:`~cliptk.train.Trainer.compute_loss` (plus its batches and evaluation row), so optimisation,
-AMP, checkpoints, exact resume, Ctrl-C and the History are the ones of ``fit``. A locked tower's
-parameters get ``requires_grad=False`` before the optimizer is built, so they stay bit for bit
+AMP, checkpoints, exact resume, Ctrl-C and the History are the ones of ``fit``. The config chooses
+it: ``TrainConfig(objective="image_text", lock="none" | "image" | "text")``, which
+:func:`cliptk.train.trainer_for` and :func:`cliptk.recipes.run_from_config` (``python -m cliptk
+train``) turn into this trainer. A locked tower's parameters get ``requires_grad=False`` before the
+optimizer is built (:func:`cliptk.train.prepare.prepare_model`), so they stay bit for bit
 unchanged. Batches are :class:`CaptionBatchSampler`'s: ``2·batch_size`` captioned rows in a
 random order each epoch (each row once). Rows with the same caption text (the synthetic captions
 name only colour and number) are given one caption id, passed as ``ids`` to the loss: with
@@ -43,14 +46,12 @@ Example (a random ``cliptk-micro`` with its text tower, LiT, two steps):
 """
 from __future__ import annotations
 
-import contextlib
 import os
 from typing import Iterator, Sequence
 
 import numpy as np
 import pandas as pd
 import torch
-import torch.distributed as dist
 import torch.nn.functional as F
 from torch import nn
 
@@ -61,57 +62,13 @@ from ..evaluate import evaluate
 from ..metrics import ProbeResult, classify_zero_shot
 from ..models import ClipModel
 from .batches import Batch, train_rows
-from .config import TrainConfig
+from .config import LOCKS, TrainConfig
+from .devices import from_rank0
 from .loop import Trainer
+from .prepare import apply_lock, require_text_tower
 
 __all__ = ["ImageTextTrainer", "CaptionBatchSampler", "evaluate_image_text", "retrieval_recall", "apply_lock",
-           "compare", "zero_shot_accuracy", "LOCKS"]
-
-#: What ``lock`` may be: train both towers, or freeze the image / text tower.
-LOCKS = (None, "image", "text")
-
-
-def _text_param(name: str) -> bool:
-    return not name.startswith("visual.") and name != "logit_scale"
-
-
-def apply_lock(model: ClipModel, lock: str | None) -> ClipModel:
-    """Set ``requires_grad`` of both towers for ``lock`` (None: both train; ``"image"``: the
-    image tower is frozen; ``"text"``: the text tower is). The logit scale is left alone.
-
-    Raises:
-        ValueError: an unknown ``lock``, or a model without a text tower.
-
-    Example:
-        >>> from cliptk.models import load_model
-        >>> m = apply_lock(load_model("cliptk-micro", None), "image")
-        >>> m.visual.conv1.weight.requires_grad, m.clip.token_embedding.weight.requires_grad
-        (False, True)
-    """
-    if lock not in LOCKS:
-        raise ValueError(f"lock={lock!r}: choose None (train both towers), 'image' (LiT: freeze the image tower) "
-                         "or 'text' (freeze the text tower)")
-    if model.image_only:
-        raise ValueError(f"{model.name} was loaded with image_only=True: image-text training needs the text tower; "
-                         "load it with image_only=False (TrainConfig.image_only=False)")
-    for name, p in model.clip.named_parameters():
-        if name == "logit_scale":
-            continue
-        p.requires_grad_(lock != ("text" if _text_param(name) else "image"))
-    return model
-
-
-@contextlib.contextmanager
-def _text_tower_kept(model: ClipModel) -> Iterator[None]:
-    """While the base Trainer sets up: it freezes a full model's text tower for image–image
-    training (``if not model.image_only``); presenting the model as image-only for that moment
-    keeps the requires_grad flags :func:`apply_lock` chose. Restored at once afterwards."""
-    was = model.image_only
-    model.image_only = True
-    try:
-        yield
-    finally:
-        model.image_only = was
+           "compare", "zero_shot_accuracy"]
 
 
 # =============================================================================== batches
@@ -174,36 +131,42 @@ class _TwoTowers(nn.Module):
 class ImageTextTrainer(Trainer):
     """Symmetric image–text InfoNCE on (image, caption) rows, both towers or one locked (LiT).
 
-    Pass the class (or :meth:`locked`) to :func:`cliptk.train.fit` as ``trainer=``. ``lock`` is
-    read from ``TrainConfig.lock`` when the config has that field and it is set, else from the
-    class attribute (:meth:`locked` sets it). The criterion is ``TrainConfig.loss`` at the model's logit scale,
+    Chosen by ``TrainConfig(objective="image_text", lock=...)`` (:func:`cliptk.train.trainer_for`),
+    or passed (or :meth:`locked`) to :func:`cliptk.train.fit` as ``trainer=``. The lock is
+    ``TrainConfig.lock`` when the config says ``objective="image_text"``, else the class attribute
+    (:meth:`locked` sets it); the run's config (and its ``config.yaml``) records both, so a resume
+    picks the same trainer and lock. The criterion is ``TrainConfig.loss`` at the model's logit scale,
     called with the image embeddings as ``a``, the caption embeddings as ``b`` and the caption
     ids as ``ids``. Training data: the ``train_split`` rows with a caption (others are skipped).
 
     Raises:
         ValueError: the model has no text tower, no training row has a caption, an unknown
-            ``lock``, or ``reinit_blocks`` with a locked image tower.
+            ``lock``, a config ``lock`` that differs from the class's, or ``reinit_blocks`` with
+            a locked image tower.
     """
 
     lock: str | None = None
+    objective = "image_text"
 
     @classmethod
     def locked(cls, lock: str | None) -> type["ImageTextTrainer"]:
-        """A subclass with ``lock`` set (None, ``"image"`` or ``"text"``), for ``fit(..., trainer=...)``."""
-        if lock not in LOCKS:
-            raise ValueError(f"ImageTextTrainer.locked({lock!r}): choose one of {LOCKS}")
+        """A subclass with ``lock`` set (None or ``"none"``, ``"image"``, ``"text"``), for ``fit(..., trainer=...)``."""
+        if lock is not None and lock not in LOCKS:
+            raise ValueError(f"ImageTextTrainer.locked({lock!r}): choose None or one of {LOCKS}")
         return type(cls.__name__, (cls,), {"lock": lock, "__module__": cls.__module__})
 
     def __init__(self, model: ClipModel, train_data: ReIdDataset, config: TrainConfig | None = None,
                  eval_data: ReIdDataset | None = None, *, sampler=None, **kwargs) -> None:
         cfg = config if config is not None else TrainConfig()
-        self.lock = getattr(cfg, "lock", None) or type(self).lock   # TrainConfig.lock, once it exists, else the class's
-        if self.lock == "image" and cfg.reinit_blocks:
-            raise ValueError(f"TrainConfig.reinit_blocks={cfg.reinit_blocks} with lock='image' would re-initialise "
-                             "the locked image tower; set reinit_blocks=0")
-        apply_lock(model, self.lock)
+        mine = "none" if type(self).lock is None else type(self).lock
+        if cfg.objective == "image_text" and mine != "none" and cfg.lock != mine:
+            raise ValueError(f"TrainConfig.lock={cfg.lock!r} but the trainer is "
+                             f"{type(self).__name__}.locked({mine!r}); drop one of the two")
+        cfg = cfg.replace(objective="image_text", lock=cfg.lock if cfg.objective == "image_text" else mine)
+        self.lock = None if cfg.lock == "none" else cfg.lock
+        require_text_tower(model)   # before the base class claims (and with overwrite clears) output_dir
         rows = train_rows(train_data, cfg)
-        captions = rows.table["caption"]
+        captions = rows.table["caption"] if "caption" in rows.table.columns else pd.Series([None] * len(rows))
         captioned = captions.notna().to_numpy() & (captions.astype(str).str.strip() != "").to_numpy()
         if not captioned.any():
             raise ValueError(f"{rows.name}: no training row has a caption; image-text training needs a 'caption' "
@@ -214,8 +177,7 @@ class ImageTextTrainer(Trainer):
         if sampler is None:
             rank, world_size = world()
             sampler = CaptionBatchSampler(captioned, cfg.batch_size, seed=cfg.seed, rank=rank, world_size=world_size)
-        with _text_tower_kept(model):
-            super().__init__(model, train_data, cfg, eval_data, sampler=sampler, **kwargs)
+        super().__init__(model, train_data, cfg, eval_data, sampler=sampler, **kwargs)
         self.towers: nn.Module = _TwoTowers(model)
         if self.world_size > 1:
             self.towers = nn.parallel.DistributedDataParallel(
@@ -247,10 +209,7 @@ class ImageTextTrainer(Trainer):
                                       gallery=cfg.gallery_split, batch_size=cfg.eval_batch_size)
             r = self.row("eval", mAP=res.get("mAP", float("nan")), rank1=res.get("rank1", float("nan")),
                          t2i_R1=res["t2i_R@1"], t2i_R5=res["t2i_R@5"], i2t_R1=res["i2t_R@1"])
-        if self.world_size > 1:
-            box = [r]
-            dist.broadcast_object_list(box, src=0)
-            r = box[0]
+        r = from_rank0(r, self.world_size)
         self.history.rows.append(r)
         self.emit("eval", r)
 

@@ -9,9 +9,9 @@ finite loss-and-gradient guard, gradient clipping, the optimizer and schedule st
 clamp, the history row, callbacks, periodic checkpoints and the stop conditions. Checkpoints, exact
 resume (bitwise on CPU, falling back past an unreadable checkpoint), several processes and Ctrl-C
 are handled by the Trainer as well; a fresh run refuses an ``output_dir`` that holds another run.
-
-Over 600 lines for now (733), and known to be: it is one concept, the state machine of one run, but its
-resume/save/evaluation methods are the next thing to move into their own module (issue 12 stays open for it).
+What the Trainer is built from lives beside it: the trainable parts, optimizer groups and loss module
+in :mod:`~cliptk.train.prepare`, what a run does with its ``output_dir`` (claim, resume point,
+saves, final weights) in :mod:`~cliptk.train.run_dir`, Ctrl-C in :mod:`~cliptk.train.interrupt`.
 
 The finite guard costs no extra host sync: the loss value (which the History row needs anyway) and
 the gradients' global norm (computed on the device, as part of clipping when ``grad_clip`` is set)
@@ -26,15 +26,10 @@ Example: the override point's signature (a full subclass runs in :class:`Trainer
 from __future__ import annotations
 
 import contextlib
-import inspect
 import logging
 import math
 import os
-import signal
-import threading
 import time
-import warnings
-from pathlib import Path
 from typing import Any, Callable, Iterator, Sequence
 
 import numpy as np
@@ -44,88 +39,24 @@ from torch import nn
 from torch.utils.data import DataLoader
 from tqdm.auto import tqdm
 
-from .._util import atomic_write_text, world
+from .._util import world
 from ..data import ReIdDataset
 from ..evaluate import evaluate
-from ..losses import LOSSES, make_loss
-from ..models import ClipModel, reinit_top_blocks, save_model
+from ..models import ClipModel, reinit_top_blocks
 from . import checkpoint as ckpt
+from . import run_dir
 from .batches import Batch, PairImages, SkipBatches, joint_flip, make_sampler, train_rows
 from .config import TrainConfig
-from .devices import amp_dtype, init_distributed, pick_device
+from .devices import amp_dtype, any_rank, from_rank0, init_distributed, pick_device
 from .guard import grad_norm, non_finite_message, step_scalars
 from .history import COLUMNS, History, NonFiniteLossError
+from .interrupt import StopRequest
+from .prepare import check_batches, check_trainer, make_loss_module, param_groups, prepare_model
 from .schedule import make_scheduler
 
 __all__ = ["Trainer", "fit", "param_groups"]
 
 log = logging.getLogger("cliptk.train")
-
-
-# =============================================================================== model, optimizer, loss
-def param_groups(model: nn.Module, weight_decay: float) -> list[dict]:
-    """AdamW groups: weight decay on matrices only (not biases, norms, rank-1 embeddings, temperature)."""
-    decay, no_decay = [], []
-    for name, p in model.named_parameters():
-        if not p.requires_grad:
-            continue
-        (no_decay if p.ndim < 2 or name.endswith("logit_scale") else decay).append(p)
-    return [{"params": decay, "weight_decay": weight_decay}, {"params": no_decay, "weight_decay": 0.0}]
-
-
-def _prepare_model(model: ClipModel, cfg: TrainConfig, fresh: bool) -> None:
-    """Freeze the text tower, set up the temperature, pass gradient checkpointing through."""
-    if not model.image_only:
-        for n, p in model.clip.named_parameters():
-            if not n.startswith("visual.") and n != "logit_scale":
-                p.requires_grad_(False)
-    if fresh and cfg.temperature is not None:
-        with torch.no_grad():
-            model.logit_scale.fill_(math.log(1.0 / cfg.temperature))
-    model.logit_scale.requires_grad_(cfg.learn_temperature)
-    if cfg.grad_checkpointing:
-        model.set_grad_checkpointing(True)
-
-
-def _make_loss_module(cfg: TrainConfig, gather: bool) -> nn.Module:
-    cls = LOSSES[cfg.loss.lower()]
-    kw = dict(cfg.loss_kwargs)
-    if "label_smoothing" in inspect.signature(cls.__init__).parameters:
-        kw.setdefault("label_smoothing", cfg.label_smoothing)
-    elif cfg.label_smoothing:
-        log.info("loss %r takes no label smoothing; label_smoothing=%s is not used", cfg.loss, cfg.label_smoothing)
-    return make_loss(cfg.loss, gather=gather, **kw)
-
-
-def _to_python(v: Any) -> Any:
-    return v.item() if isinstance(v, (np.generic, torch.Tensor)) else v
-
-
-class _StopRequest:
-    """Ctrl-C handling: the first SIGINT asks training to stop at the end of the current step
-    (so the checkpoint is consistent); a second one raises KeyboardInterrupt at once."""
-
-    def __init__(self) -> None:
-        self.requested = False
-        self._old = None
-
-    def __enter__(self) -> "_StopRequest":
-        if threading.current_thread() is threading.main_thread():
-            self._old = signal.getsignal(signal.SIGINT)
-
-            def handler(signum, frame):
-                if self.requested:
-                    raise KeyboardInterrupt
-                self.requested = True
-                log.warning("interrupt: stopping after the current step (press Ctrl-C again to stop at once)")
-
-            signal.signal(signal.SIGINT, handler)
-        return self
-
-    def __exit__(self, *exc) -> None:
-        if self._old is not None:
-            signal.signal(signal.SIGINT, self._old)
-            self._old = None
 
 
 # =============================================================================== the trainer
@@ -180,10 +111,15 @@ class Trainer:
     Raises:
         KeyError: ``train_data`` lacks the train split. ValueError: too few identities for the
         batch size, a batch of one pair (no negatives), an unreadable training image,
-        ``resume=True`` without ``output_dir``, ``resume=`` together with ``overwrite=True``.
+        ``resume=True`` without ``output_dir``, ``resume=`` together with ``overwrite=True``, a
+        config whose ``objective`` or ``distill_teacher`` this class does not train (:func:`cliptk.train.trainer_for`).
         FileNotFoundError: ``resume`` names no checkpoint. RunExistsError: a fresh run into an
         ``output_dir`` holding another run. CheckpointError: no readable checkpoint to resume.
     """
+
+    #: the ``TrainConfig.objective`` this class trains, and whether it reads ``distill_teacher``
+    #: (:func:`cliptk.train.trainer_for` picks the class a config names)
+    objective, distils = "image_image", False
 
     def __init__(self, model: ClipModel, train_data: ReIdDataset, config: TrainConfig | None = None,
                  eval_data: ReIdDataset | None = None, *, callbacks: Sequence[Callable[[dict], Any]] = (),
@@ -194,22 +130,18 @@ class Trainer:
         self.main = self.rank == 0
         self.device = pick_device(cfg.device)
         self.amp_dtype = amp_dtype(cfg.amp, self.device)
-        if cfg.accumulate > 1 and self.main:
-            warnings.warn(
-                f"accumulate={cfg.accumulate}: gradient accumulation averages the gradients of {cfg.accumulate} "
-                f"micro-batches, but each InfoNCE still contrasts only the {2 * cfg.batch_size} images of its own "
-                "micro-batch: it does NOT enlarge the set of negatives the way a larger batch_size does",
-                UserWarning, stacklevel=3)
+        check_trainer(cfg, self)
+        check_batches(cfg, self.world_size, warn=self.main, custom_loss=loss_fn is not None,
+                      custom_sampler=sampler is not None)
         self.train = train_rows(train_data, cfg)
         self._was_training = model.training
         model.to(self.device)
 
-        self._loaded: tuple[dict, dict] | None = None     # what _find_resume read from the checkpoint
-        self.resumed_from = self._find_resume(resume)
+        self.resumed_from, loaded = run_dir.resume_point(resume, cfg, warn=self.main)
         self.fresh = self.resumed_from is None
         if self.fresh and cfg.output_dir:
-            self._claim_output_dir()
-        _prepare_model(model, cfg, fresh=self.fresh)
+            run_dir.claim(cfg, self.main, self.world_size)
+        prepare_model(model, cfg, fresh=self.fresh)
         ckpt.seed_all(cfg.seed + self.rank)
         if cfg.reinit_blocks and self.fresh:
             rng_devices = [self.device.index or 0] if self.device.type == "cuda" else []
@@ -217,14 +149,6 @@ class Trainer:
                 torch.manual_seed(cfg.seed)
                 reinit_top_blocks(model, cfg.reinit_blocks)
 
-        if sampler is None and cfg.batch_size * self.world_size < 2:
-            msg = (f"TrainConfig.batch_size={cfg.batch_size} with {self.world_size} process(es) gives batches of ONE "
-                   "(query, positive) pair: a contrastive loss then has no negatives, InfoNCE is exactly 0 and nothing "
-                   "is learnt; set batch_size >= 2 (the training split needs at least 2 identities)")
-            if loss_fn is None:
-                raise ValueError(msg)
-            warnings.warn(msg + " (a custom loss_fn is used: make sure it learns from a single pair)", UserWarning,
-                          stacklevel=3)
         self.sampler = sampler if sampler is not None else make_sampler(self.train, cfg, self.rank, self.world_size)
         self.batches_per_epoch = (len(self.sampler) // cfg.accumulate) * cfg.accumulate
         self.steps_per_epoch = self.batches_per_epoch // cfg.accumulate
@@ -235,15 +159,14 @@ class Trainer:
         self.optimizer = torch.optim.AdamW(param_groups(model, cfg.weight_decay), lr=cfg.lr, betas=cfg.betas)
         self.scheduler = make_scheduler(self.optimizer, cfg, self.steps_per_epoch)
         self.scaler = torch.amp.GradScaler(self.device.type, enabled=self.amp_dtype == torch.float16)
-        self.criterion = loss_fn if loss_fn is not None else _make_loss_module(cfg, gather=self.world_size > 1)
+        self.criterion = loss_fn if loss_fn is not None else make_loss_module(cfg, gather=self.world_size > 1)
 
         self.history = History()
         self.epoch, self.batch, self.step_count, self.seconds = 0, 0, 0, 0.0
         self._resume_reason = None
         if self.resumed_from is not None:
             st = ckpt.restore(self.resumed_from, model, self.optimizer, self.scheduler, self.scaler, cfg, self.device,
-                              self.rank, loaded=self._loaded)
-            self._loaded = None
+                              self.rank, loaded=loaded)
             self._resume_reason = st.get("reason")
             self.epoch, self.batch, self.step_count, self.seconds = st["epoch"], st["batch"], st["step"], st["seconds"]
             self.history.rows, self.history.checkpoint = list(st["history"]), self.resumed_from
@@ -256,38 +179,15 @@ class Trainer:
         if self.world_size > 1:
             self.net = nn.parallel.DistributedDataParallel(
                 model, device_ids=[self.device.index] if self.device.type == "cuda" else None)
-        self.checkpoint_folder = Path(cfg.output_dir) / "checkpoints" if cfg.output_dir else None
         if self.main and cfg.output_dir:
-            cfg.replace(overwrite=False).to_yaml(Path(cfg.output_dir) / ckpt.CONFIG)  # resumable as it stands
+            run_dir.write_config(cfg)
 
         self.bar = None                      # the progress bar of fit()
-        self.stop = _StopRequest()           # Ctrl-C while fit() runs
+        self.stop = StopRequest()            # Ctrl-C while fit() runs
         self._t_start = self._t_step = time.perf_counter()
         self._in_update = False
         self._micro, self._loss_sum, self._log_sums = 0, 0.0, {}
         self._fp16_skips = 0                 # consecutive fp16 steps the grad scaler skipped (inf/NaN gradients)
-
-    def _find_resume(self, resume) -> Path | None:
-        if resume is None or resume is False:
-            return None
-        where = self.config.output_dir if resume is True else resume
-        if where is None:
-            raise ValueError("resume=True needs config.output_dir (the run folder to resume)")
-        if self.config.overwrite:
-            raise ValueError("TrainConfig.overwrite=True deletes the run in output_dir, and resume= continues it: "
-                             "drop one of the two (--overwrite / --resume)")
-        path, self._loaded = ckpt.load_resumable(where, warn=self.main)
-        return path
-
-    def _claim_output_dir(self) -> None:
-        """Rank 0 checks (and with ``overwrite`` clears) ``output_dir``; every rank raises together."""
-        msg = ckpt.claim_output_dir(self.config.output_dir, self.config.overwrite) if self.main else None
-        if self.world_size > 1:
-            box = [msg]
-            dist.broadcast_object_list(box, src=0)
-            msg = box[0]
-        if msg:
-            raise ckpt.RunExistsError(msg)
 
     # ------------------------------------------------------------------------- the override point
     def compute_loss(self, batch: Batch) -> tuple[torch.Tensor, dict[str, float]]:
@@ -440,7 +340,7 @@ class Trainer:
         :func:`cliptk.train.guard.non_finite_message`). Weights that are no longer finite
         (corrupted outside an update: a hook, a callback) are reset to the last checkpoint's."""
         bad = value if what == "weights" else ckpt.first_nonfinite(self.model.state_dict())  # failure path only
-        kept = self._reset_to_checkpoint() if bad is not None else \
+        kept = run_dir.reset_weights(self.model, self.history.checkpoint, self.device) if bad is not None else \
             f"the model in memory holds the weights of step {self.step_count}"
         h = self.history
         msg = non_finite_message(what, value, loss, bad_weights=bad, kept=kept, cfg=self.config, epoch=self.epoch,
@@ -448,16 +348,6 @@ class Trainer:
         return NonFiniteLossError(msg, epoch=self.epoch, step=self.step_count,
                                   loss=float(value) if what == "loss" else (loss if loss is not None else float("nan")),
                                   checkpoint=h.checkpoint, history=h, kind=what)
-
-    def _reset_to_checkpoint(self) -> str:
-        """Load the last checkpoint's weights into the model (they are finite: saves refuse
-        anything else); say what the model in memory now holds."""
-        h = self.history
-        if h.checkpoint is None:
-            return "the model in memory holds NaN/inf weights (no checkpoint to reset it to: reload your weights)"
-        from safetensors.torch import load_file   # the rare path: reset after corrupted weights
-        self.model.load_state_dict(load_file(str(Path(h.checkpoint) / ckpt.WEIGHTS), device=str(self.device)))
-        return f"the model in memory was reset to the weights of the last checkpoint ({h.checkpoint})"
 
     # ------------------------------------------------------------------------- batches and epochs
     def batches(self) -> Iterator[Batch]:
@@ -540,12 +430,7 @@ class Trainer:
             self.model.train(self._was_training)
         if self.main and cfg.output_dir and not h.interrupted:
             self._check_weights()
-            final = Path(cfg.output_dir) / ckpt.WEIGHTS
-            try:
-                save_model(self.model, final, metadata={"step": self.step_count})
-            except Exception as err:
-                raise OSError(f"could not write {final}: {type(err).__name__}: {err}; the run's last checkpoint "
-                              f"{h.checkpoint} holds the same weights") from err
+            run_dir.write_final(cfg, self.model, self.step_count, h.checkpoint)
         self.emit("train_end", h.rows[-1] if h.rows else None)
         return h
 
@@ -591,7 +476,7 @@ class Trainer:
         r.update(kind=kind, epoch=self.epoch + self.batch / self.batches_per_epoch, step=self.step_count,
                  seconds=self.seconds, lr=self.optimizer.param_groups[0]["lr"],
                  logit_scale=float(self.model.logit_scale.detach().exp()))
-        r.update({k: _to_python(v) for k, v in values.items()})
+        r.update({k: v.item() if isinstance(v, (np.generic, torch.Tensor)) else v for k, v in values.items()})
         return r
 
     def emit(self, event: str, r: dict | None = None) -> None:
@@ -611,54 +496,30 @@ class Trainer:
             res = evaluate(self.model, self.eval_data, query=cfg.query_split, gallery=cfg.gallery_split,
                            flip=cfg.eval_flip, batch_size=cfg.eval_batch_size, progress=False)
             r = self.row("eval", mAP=res.mAP, rank1=res.cmc[1])
-        if self.world_size > 1:
-            box = [r]
-            dist.broadcast_object_list(box, src=0)
-            r = box[0]
+        r = from_rank0(r, self.world_size)
         self.history.rows.append(r)
         self.emit("eval", r)
         if self.main and self.bar is not None:
             self.bar.set_postfix_str(f"mAP={r['mAP']:.4f} rank-1={r['rank1']:.4f}", refresh=False)
 
     def state(self, reason: str) -> dict:
-        """Everything a checkpoint stores besides the weights (see :mod:`cliptk.train.checkpoint`)."""
-        return {"format": 1, "epoch": self.epoch, "batch": self.batch, "step": self.step_count,
-                "seconds": self.seconds, "optimizer": self.optimizer.state_dict(),
-                "scheduler": self.scheduler.state_dict(), "scaler": self.scaler.state_dict(),
-                "rng": ckpt.rng_state(self.device),
-                "sampler": {"seed": getattr(self.sampler, "seed", None), "epoch": self.epoch,
-                            "batches_done": self.batch, "world_size": self.world_size},
-                "config": self.config.to_dict(), "history": self.history.rows, "reason": reason,
-                "model": {"name": self.model.name, "pretrained": self.model.pretrained}}
+        """Everything a checkpoint stores besides the weights (:func:`cliptk.train.run_dir.trainer_state`)."""
+        return run_dir.trainer_state(self, reason)
 
     def save(self, reason: str, collective: bool = True) -> None:
         """Write a checkpoint and ``history.csv`` (rank 0, with ``output_dir``); with several
         processes, every rank learns its path (unless ``collective=False``)."""
-        if self.checkpoint_folder is None:
+        if not self.config.output_dir:
             return
         h = self.history
         self._check_weights()   # on every rank (the weights are the same), so every rank raises together
-        if self.main:
-            h.checkpoint = ckpt.save_checkpoint(self.checkpoint_folder, self.model, self.state(reason),
-                                                self.config.keep_checkpoints, check_finite=False)
-            csv = Path(self.config.output_dir) / ckpt.HISTORY
-            try:
-                atomic_write_text(csv, h.table.to_csv(index=False))
-            except Exception as err:
-                raise OSError(f"could not write {csv}: {type(err).__name__}: {err}; checkpoint {h.checkpoint} is "
-                              "complete and holds the same history") from err
-        if self.world_size > 1 and collective:
-            path = [str(h.checkpoint) if h.checkpoint else None]
-            dist.broadcast_object_list(path, src=0)
-            h.checkpoint = Path(path[0]) if path[0] else None
+        h.checkpoint = run_dir.save(self.config, self.model, self.state(reason) if self.main else {},
+                                    h.table if self.main else None, main=self.main, world_size=self.world_size,
+                                    collective=collective, checkpoint=h.checkpoint)
 
     def sync_flags(self, *flags: bool) -> list[bool]:
         """Any rank's flag stops every rank (ranks must leave the loop at the same step)."""
-        if self.world_size == 1:
-            return list(flags)
-        t = torch.tensor([float(f) for f in flags], device=self.device)
-        dist.all_reduce(t, op=dist.ReduceOp.MAX)
-        return [bool(v) for v in t.tolist()]
+        return any_rank(flags, self.world_size, self.device)
 
 
 # =============================================================================== fit
@@ -693,7 +554,8 @@ def fit(model: ClipModel, train_data: ReIdDataset, config: TrainConfig | None = 
             ``set_epoch(epoch)``, and be deterministic given its seed and epoch (exact resume
             re-creates an epoch and skips its first batches); under DDP it must shard by rank.
         trainer: the :class:`Trainer` class to run, e.g. a subclass overriding
-            :meth:`Trainer.compute_loss` (see its docstring).
+            :meth:`Trainer.compute_loss` (see its docstring), or the one ``config.objective`` /
+            ``distill_teacher`` name: ``trainer=cliptk.train.trainer_for(config)``.
 
     Ctrl-C: the first one lets the current step finish, saves a checkpoint (with ``output_dir``)
     and returns; a second one stops at once (a checkpoint is still saved unless the interrupt
