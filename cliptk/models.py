@@ -327,6 +327,12 @@ def _checkpoint_path(name: str, pretrained: str | os.PathLike | None) -> Path | 
                                 or text in open_clip.list_pretrained_tags_by_model(name) or not Path(text).is_file()):
         return None   # a tag (checked by _create)
     path = Path(pretrained).expanduser()
+    if path.is_dir():   # a training run's folder: its final weights
+        if (path / "model.safetensors").is_file():
+            return path / "model.safetensors"
+        raise WeightsNotAvailableError(f"{path} is a folder without model.safetensors (model {name!r}): pass a weights "
+                                       "file; a training run that stopped early has its checkpoints in "
+                                       f"{path / 'checkpoints'} (resume it with `cliptk train --resume {path}`)")
     if not path.is_file():
         raise WeightsNotAvailableError(f"checkpoint file not found: {pretrained} (model {name!r}); check the path, "
                                        "or pass an open_clip tag (open_clip.list_pretrained_tags_by_model"

@@ -49,8 +49,10 @@ def read_checkpoint(path: str | os.PathLike) -> tuple[dict[str, torch.Tensor], d
 
             state = load_state_dict(str(path), device="cpu")
     except Exception as err:
-        raise RuntimeError(f"cannot read checkpoint {path}: {type(err).__name__}: {str(err)[:300]}; expected a "
-                           "state dict (.safetensors, .bin, .pt) of an open_clip or cliptk model") from err
+        raise RuntimeError(f"cannot read checkpoint {path}: {type(err).__name__}: {str(err)[:300]}; the file is "
+                           "damaged (truncated or half-written?) or not a state dict (.safetensors, .bin, .pt) of an "
+                           "open_clip or cliptk model. A training run's checkpoints/ folder holds the same weights "
+                           "at its last checkpoint") from err
     if isinstance(state, dict) and not all(isinstance(v, torch.Tensor) for v in state.values()):
         nested = [state[k] for k in ("state_dict", "model", "module") if isinstance(state.get(k), dict)]
         state = nested[0] if nested else state   # a training checkpoint: weights beside optimizer state

@@ -66,6 +66,16 @@ def test_save_and_load_roundtrip(tmp_path, micro_model):
     assert not list(tmp_path.glob("*.tmp"))
 
 
+def test_a_run_folder_loads_its_final_weights_or_says_where_the_checkpoints_are(tmp_path, micro_model):
+    run = tmp_path / "run"
+    run.mkdir()
+    with pytest.raises(ct.WeightsNotAvailableError, match="folder without model.safetensors.*checkpoints.*--resume"):
+        ct.load_model("cliptk-micro", run)
+    ct.save_model(micro_model, run / "model.safetensors")
+    x = torch.randn(2, 3, *micro_model.image_size)
+    assert torch.equal(ct.load_model("cliptk-micro", run).encode_image(x), micro_model.encode_image(x))
+
+
 def _plain(model: ct.ClipModel) -> dict[str, torch.Tensor]:
     """open_clip's own layout of a model's weights (``CLIP.state_dict()``: no ``clip.`` prefix)."""
     return {k: v.detach().clone().contiguous() for k, v in model.clip.state_dict().items()}
