@@ -82,7 +82,7 @@ def _readable(ds: ReIdDataset, emb, split: str):
 
 def zero_shot_probe(model: ClipModel, dataset: ReIdDataset, column: str, prompts: dict | Sequence[str], *,
                     batch_size: int = 64, cache_dir: str | os.PathLike | None = None,
-                    progress: bool = True) -> ProbeResult:
+                    progress: bool = True, image_emb: torch.Tensor | None = None) -> ProbeResult:
     """Zero-shot classification of a metadata ``column`` (e.g. ``"number"``) with text prompts.
 
     Args:
@@ -90,6 +90,8 @@ def zero_shot_probe(model: ClipModel, dataset: ReIdDataset, column: str, prompts
         prompts: ``{class_value: prompt}`` or a list of prompts whose order matches
             ``sorted(unique(column))``. Several prompts per class can be given as a list value;
             their embeddings are averaged (prompt ensembling, as in CLIP).
+        image_emb: the dataset's image embeddings if already computed (``[len(dataset), D]``, dataset
+            order; e.g. for the many evaluations of a before/after table), else they are embedded here.
 
     Returns:
         :class:`cliptk.metrics.ProbeResult` (accuracy, chance, confusion, predictions).
@@ -100,8 +102,9 @@ def zero_shot_probe(model: ClipModel, dataset: ReIdDataset, column: str, prompts
     """
     if column not in dataset.table.columns:
         raise KeyError(f"{dataset.name} has no column {column!r}; columns: {list(dataset.table.columns)}")
-    img = embed(model, dataset, batch_size=batch_size, cache_dir=cache_dir, progress=progress)
-    dataset, img = _readable(dataset, img, "dataset")
+    if image_emb is None:
+        image_emb = embed(model, dataset, batch_size=batch_size, cache_dir=cache_dir, progress=progress)
+    dataset, img = _readable(dataset, image_emb, "dataset")
     values = dataset.table[column]
     keep = values.notna().to_numpy()
     if not isinstance(prompts, dict):
@@ -112,10 +115,9 @@ def zero_shot_probe(model: ClipModel, dataset: ReIdDataset, column: str, prompts
     classes = list(prompts)
     index = {c: i for i, c in enumerate(classes)}
     labels = np.array([index.get(v, -1) if k else -1 for v, k in zip(values.tolist(), keep)])
-    text = []
-    for c in classes:
-        p = prompts[c]
-        t = embed_texts(model, [p] if isinstance(p, str) else list(p))
-        text.append(F.normalize(t.mean(0), dim=-1))
-    text_emb = torch.stack(text)
+    # every prompt in one batch, then one mean per class (prompt ensembling)
+    groups = [[prompts[c]] if isinstance(prompts[c], str) else list(prompts[c]) for c in classes]
+    flat = embed_texts(model, [t for g in groups for t in g])
+    bounds = np.cumsum([0] + [len(g) for g in groups])
+    text_emb = torch.stack([F.normalize(flat[a:b].mean(0), dim=-1) for a, b in zip(bounds[:-1], bounds[1:])])
     return classify_zero_shot(img, text_emb, labels, class_names=[str(c) for c in classes])

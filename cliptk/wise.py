@@ -53,9 +53,8 @@ import pandas as pd
 import torch  # noqa: F401  (the doctests use it)
 
 from .data import ReIdDataset
-from .evaluate import evaluate
+from .evaluate import evaluate, zero_shot_probe
 from .models import ClipModel, remove_projection, save_model
-from .train.image_text import zero_shot_accuracy   # one batch of prompts per alpha
 
 __all__ = ["wise_ft", "wise_ft_curve", "WiseCurve"]
 
@@ -216,7 +215,8 @@ def wise_ft_curve(zero_shot: ClipModel, fine_tuned: ClipModel, dataset: ReIdData
                            progress=progress, cache_dir=tmp)
             acc = chance = float("nan")
             if column is not None and not m.image_only and m.projection:
-                probe = zero_shot_accuracy(m, probe_data, column, prompts, cache_dir=tmp, batch_size=batch_size)
+                probe = zero_shot_probe(m, probe_data, column, prompts, cache_dir=tmp, batch_size=batch_size,
+                                        progress=False)
                 acc, chance = probe.accuracy, probe.chance
             rows.append({"alpha": alpha, "mAP": res.mAP, "rank1": float(res.cmc[1]), "zero_shot": acc,
                          "chance": chance})

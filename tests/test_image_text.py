@@ -113,16 +113,13 @@ def test_clear_errors(tiny_players):
         fit(make_model("cliptk-micro"), no_captions, _cfg(), trainer=ImageTextTrainer)
 
 
-def test_batched_probe_equals_zero_shot_probe(tiny_players):
-    from cliptk.train.image_text import zero_shot_accuracy
-
+def test_probe_with_precomputed_image_embeddings_equals_the_probe_that_embeds(tiny_players):
     model = make_model("cliptk-micro", seed=3)
     q = tiny_players.subset("query")
     prompts = {n: [p, p.replace("photo", "picture")] for n, p in enumerate(number_prompts()) if n < 40}
-    ours, ref = zero_shot_accuracy(model, q, "number", prompts), ct.zero_shot_probe(model, q, "number", prompts,
-                                                                                  progress=False)
-    assert ours.accuracy == ref.accuracy and np.array_equal(ours.predictions, ref.predictions)
-
+    given = ct.zero_shot_probe(model, q, "number", prompts, image_emb=ct.embed(model, q, progress=False))
+    ref = ct.zero_shot_probe(model, q, "number", prompts, progress=False)
+    assert given.accuracy == ref.accuracy and np.array_equal(given.predictions, ref.predictions)
 
 def test_the_config_chooses_the_objective_and_the_lock(tiny_players, tmp_path):
     """TrainConfig(objective="image_text", lock=...) picks ImageTextTrainer and its lock; the plain Trainer refuses

@@ -46,7 +46,6 @@ Example (a random ``cliptk-micro`` with its text tower, LiT, two steps):
 """
 from __future__ import annotations
 
-import os
 from typing import Iterator, Sequence
 
 import numpy as np
@@ -58,8 +57,7 @@ from torch import nn
 from .._util import world
 from ..data import ReIdDataset
 from ..embed import embed, embed_texts
-from ..evaluate import evaluate
-from ..metrics import ProbeResult, classify_zero_shot
+from ..evaluate import evaluate, zero_shot_probe
 from ..models import ClipModel
 from .batches import Batch, train_rows
 from .config import LOCKS, TrainConfig
@@ -68,7 +66,7 @@ from .loop import Trainer
 from .prepare import apply_lock, require_text_tower
 
 __all__ = ["ImageTextTrainer", "CaptionBatchSampler", "evaluate_image_text", "retrieval_recall", "apply_lock",
-           "compare", "zero_shot_accuracy"]
+           "compare"]
 
 
 # =============================================================================== batches
@@ -259,45 +257,6 @@ def retrieval_recall(image_emb: torch.Tensor, captions: Sequence[str], text_emb_
     return out
 
 
-def zero_shot_accuracy(model: ClipModel, dataset: ReIdDataset, column: str, prompts: dict | Sequence[str], *,
-                       image_emb: torch.Tensor | None = None, cache_dir: str | os.PathLike | None = None,
-                       batch_size: int = 64) -> ProbeResult:
-    """:func:`cliptk.zero_shot_probe` with every prompt embedded in one batch and optional
-    precomputed image embeddings (``image_emb``: ``[len(dataset), D]``, dataset order): the same
-    classes, labels and prompt averaging, for the many evaluations of a before/after table.
-
-    Example:
-        >>> from cliptk.models import load_model
-        >>> import pandas as pd
-        >>> from PIL import Image
-        >>> import tempfile, pathlib
-        >>> root = pathlib.Path(tempfile.mkdtemp()); Image.new("RGB", (8, 8)).save(root / "a.png")
-        >>> ds = ReIdDataset(root, pd.DataFrame({"path": ["a.png"], "pid": [1], "colour": ["red"]}))
-        >>> r = zero_shot_accuracy(load_model("cliptk-micro", None), ds, "colour", {"red": "red", "blue": "blue"})
-        >>> r.chance
-        0.5
-    """
-    if column not in dataset.table.columns:
-        raise KeyError(f"{dataset.name} has no column {column!r}; columns: {list(dataset.table.columns)}")
-    values = dataset.table[column]
-    keep = values.notna().to_numpy()
-    if not isinstance(prompts, dict):
-        classes = sorted(values[keep].unique().tolist())
-        if len(classes) != len(prompts):
-            raise ValueError(f"{len(prompts)} prompts for {len(classes)} classes of {column!r}; pass a dict instead")
-        prompts = dict(zip(classes, prompts))
-    classes = list(prompts)
-    index = {c: i for i, c in enumerate(classes)}
-    labels = np.array([index.get(v, -1) if k else -1 for v, k in zip(values.tolist(), keep)])
-    groups = [[prompts[c]] if isinstance(prompts[c], str) else list(prompts[c]) for c in classes]
-    flat = embed_texts(model, [t for g in groups for t in g])
-    bounds = np.cumsum([0] + [len(g) for g in groups])
-    text = torch.stack([F.normalize(flat[a:b].mean(0), dim=-1) for a, b in zip(bounds[:-1], bounds[1:])])
-    if image_emb is None:
-        image_emb = embed(model, dataset, batch_size=batch_size, cache_dir=cache_dir, progress=False)
-    return classify_zero_shot(image_emb, text, labels, class_names=[str(c) for c in classes])
-
-
 def evaluate_image_text(model: ClipModel, dataset: ReIdDataset, *, splits: Sequence[str] | None = None,
                         ks: Sequence[int] = (1, 5, 10), column: str | None = None,
                         prompts: dict | Sequence[str] | None = None, query: str = "query", gallery: str = "gallery",
@@ -340,7 +299,7 @@ def evaluate_image_text(model: ClipModel, dataset: ReIdDataset, *, splits: Seque
     else:
         out.update({f"{d}_R@{k}": float("nan") for d in ("t2i", "i2t") for k in ks})
     if column is not None:
-        probe = zero_shot_accuracy(model, data, column, prompts, image_emb=emb)
+        probe = zero_shot_probe(model, data, column, prompts, image_emb=emb, progress=False)
         out["zero_shot"], out["chance"] = probe.accuracy, probe.chance
     if query in names and gallery in names:
         res = evaluate(model, dataset, query=query, gallery=gallery, batch_size=batch_size, progress=progress)
