@@ -29,7 +29,7 @@ browser-deps:
 
 test: $(STAMP) browser-deps
 	$(BIN)/python -m cliptk.tools.check_notebooks notebooks
-	CLIPTK_SMOKE=1 $(BIN)/python -m pytest -q --timeout=900 --doctest-modules cliptk tests --nbmake --nbmake-timeout=900 notebooks
+	CLIPTK_SMOKE=1 $(BIN)/python -m pytest -q --timeout=2400 --doctest-modules cliptk tests --nbmake --nbmake-timeout=900 notebooks
 
 notebooks-clean:
 	$(BIN)/python -m cliptk.tools.check_notebooks --strip notebooks

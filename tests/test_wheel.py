@@ -54,7 +54,7 @@ def test_installed_wheel_runs_the_demo_outside_the_checkout(wheel, tmp_path):
     site = subprocess.run([py, "-c", "import sysconfig; print(sysconfig.get_paths()['purelib'])"], check=True,
                           capture_output=True, text=True).stdout.strip()
     Path(site, "deps.pth").write_text(sysconfig.get_paths()["purelib"] + "\n")
-    res = subprocess.run([py, "-m", "pip", "install", "-q", "--no-deps", "--no-index", str(wheel)], capture_output=True,
+    res = subprocess.run([py, "-m", "pip", "install", "-q", "--no-deps", "--no-index", "--force-reinstall", str(wheel)], capture_output=True,
                          text=True)
     assert res.returncode == 0, res.stderr[-3000:]
     work = tmp_path / "elsewhere"
