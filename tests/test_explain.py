@@ -23,7 +23,7 @@ from torch import nn
 import cliptk as ct
 # layers / inputs / scorecam / deletion: only for the tests below that check an internal step against
 # a reference or inject a fault (each says why); everything else goes through the public API
-from cliptk.explain import deletion, inputs, layers, scorecam
+from cliptk.explain import cost, deletion, inputs, layers, scorecam
 from cliptk.explain import (CamConfig, Faithfulness, SimilarityTarget, default_target_layer, explain_topk,
                             faithfulness, plot_cam_grid, plot_cam_pair, plot_faithfulness, select_pairs,
                             similarity_cam, similarity_cams)
@@ -442,8 +442,8 @@ def test_defaults_per_device_and_tower(micro_model, monkeypatch):
     The explicit options always win; ``top_channels=None`` is exact everywhere."""
     assert CamConfig().for_model(micro_model) == CamConfig(fast=False, top_channels=None)
     small = micro_model.visual
-    monkeypatch.setattr(layers, "LARGE_TOWER", sum(p.numel() for p in small.parameters()) - 1)   # micro is "large"
-    assert CamConfig().for_model(micro_model) == CamConfig(fast=True, top_channels=layers.AUTO_GROUPS)
+    monkeypatch.setattr(cost, "LARGE_TOWER", sum(p.numel() for p in small.parameters()) - 1)   # micro is "large"
+    assert CamConfig().for_model(micro_model) == CamConfig(fast=True, top_channels=cost.AUTO_GROUPS)
     assert CamConfig().for_model(micro_model, device="cuda") == CamConfig(fast=False, top_channels=None)
     assert CamConfig(fast=True).for_model(micro_model, device="cuda").top_channels is None
     assert CamConfig(fast=False).for_model(micro_model) == CamConfig(fast=False, top_channels=None)
@@ -465,10 +465,10 @@ def test_long_exact_maps_show_progress_and_say_how_to_speed_up(micro_model, imag
     a, b = images[0], images[1]
     quiet = similarity_cam(micro_model, a, b, fast=fast, top_channels=None, batch_size=4)    # a small tower
     assert "Score-CAM" not in capsys.readouterr().err
-    monkeypatch.setattr(layers, "LARGE_TOWER", 0)
+    monkeypatch.setattr(cost, "LARGE_TOWER", 0)
     monkeypatch.setattr(layers, "_HINTED", set())
     with pytest.warns(UserWarning, match=rf"exact Score-CAM of cliptk-micro on the CPU.*fast=True, "
-                                         rf"top_channels={layers.AUTO_GROUPS}"):
+                                         rf"top_channels={cost.AUTO_GROUPS}"):
         cam = similarity_cam(micro_model, a, b, fast=fast, top_channels=None, batch_size=4)
     err = capsys.readouterr().err
     assert "Score-CAM" in err and "/8 " in err                                           # a bar over 8 batches

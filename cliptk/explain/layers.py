@@ -24,17 +24,10 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from . import cost
 from .target import CamConfig
 
-__all__ = ["default_target_layer", "LARGE_TOWER", "AUTO_GROUPS", "LONG_MAP_BATCHES"]
-
-#: An image tower with more parameters than this is *large*: an exact Score-CAM map passes one
-#: masked image per channel through it, which on a CPU is slow, so the CPU defaults approximate it.
-LARGE_TOWER = 10_000_000
-#: Channel groups the CPU default scores for a large tower (``top_channels``).
-AUTO_GROUPS = 64
-#: A map of at least this many masked batches on a large tower on the CPU shows a progress bar.
-LONG_MAP_BATCHES = 2
+__all__ = ["default_target_layer"]
 
 _HINTED: set[str] = set()   # models whose slow exact map was explained once in this process
 
@@ -213,27 +206,17 @@ def _embed(model: nn.Module, x: torch.Tensor, batch_size: int, amp: bool = False
     return F.normalize(torch.cat(out), dim=-1)
 
 
-def _tower_parameters(model: nn.Module) -> int:
-    return sum(p.numel() for p in _tower(model).parameters())
-
-
-def _slow_exact(model: nn.Module, device: torch.device | str | None = None) -> bool:
-    """True when an exact map is slow: a large image tower (:data:`LARGE_TOWER`) on the CPU."""
-    device = torch.device(device) if device is not None else _device(model)
-    return device.type == "cpu" and _tower_parameters(model) > LARGE_TOWER
-
-
 def _long_map(model: nn.Module, config: CamConfig, n_batches: int, approximate: bool) -> bool:
     """Whether a map of ``n_batches`` masked batches shows a progress bar (``config.progress``, or
-    automatically for :data:`LONG_MAP_BATCHES` or more on a large tower on the CPU). An exact
-    long map also says once per model how to make it faster."""
-    slow = n_batches >= LONG_MAP_BATCHES and _slow_exact(model)
+    automatically for :data:`cliptk.explain.cost.LONG_MAP_BATCHES` or more on a large tower on
+    the CPU). An exact long map also says once per model how to make it faster."""
+    slow = n_batches >= cost.LONG_MAP_BATCHES and cost.slow_exact(model)
     if slow and not approximate:
         name = getattr(model, "name", type(model).__name__)
         if name not in _HINTED:
             _HINTED.add(name)
             warnings.warn(f"exact Score-CAM of {name} on the CPU passes {n_batches} batches of masked images "
-                          f"through its image tower per map (slow); fast=True, top_channels={AUTO_GROUPS} "
+                          f"through its image tower per map (slow); fast=True, top_channels={cost.AUTO_GROUPS} "
                           "approximates it with one batch (see CamConfig)", UserWarning, stacklevel=4)
     return bool(config.progress) if config.progress is not None else slow
 

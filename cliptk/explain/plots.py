@@ -19,7 +19,7 @@ Example:
 from __future__ import annotations
 
 import math
-from typing import Sequence
+from typing import TYPE_CHECKING, Sequence
 
 import numpy as np
 import plotly.graph_objects as go
@@ -28,9 +28,11 @@ from plotly.colors import qualitative
 from plotly.subplots import make_subplots
 
 from .._util import thumbnail_uri
-from .deletion import Faithfulness
 from .inputs import _resize_map
-from .scorecam import SimilarityCam
+
+if TYPE_CHECKING:   # names for the annotations only: deletion and scorecam import this module lazily
+    from .deletion import Faithfulness
+    from .scorecam import SimilarityCam
 
 __all__ = ["plot_cam_pair", "plot_cam_grid", "plot_faithfulness"]
 
@@ -128,12 +130,13 @@ def plot_faithfulness(results: Faithfulness | Sequence[Faithfulness], *, height:
     (dashed). Legend entries carry the AUCs. Returns a plotly ``Figure``.
 
     Example:
+        >>> from cliptk.explain.deletion import Faithfulness
         >>> x = np.linspace(0, 1, 3)
         >>> f = Faithfulness(x, 1 - x, x, 1 - x, x, similarity=1.0, label="map")
         >>> len(plot_faithfulness([f, f]).data)   # a curve and its random baseline per panel and map
         8
     """
-    results = [results] if isinstance(results, Faithfulness) else list(results)
+    results = [results] if hasattr(results, "deletion_auc") else list(results)   # one Faithfulness, or several
     fig = make_subplots(rows=1, cols=2, subplot_titles=["deletion (lower is better)", "insertion (higher is better)"])
     for i, r in enumerate(results):
         colour = qualitative.Plotly[i % len(qualitative.Plotly)]

@@ -24,6 +24,8 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
+from . import cost
+
 __all__ = ["CamConfig", "SimilarityTarget", "select_pairs"]
 
 
@@ -34,9 +36,9 @@ class CamConfig:
     Defaults per device (``fast=None``, ``top_channels="auto"``; :meth:`for_model` applies them):
     an exact Score-CAM map passes one masked image per channel of the target layer (hundreds to
     thousands for a real tower) through the image tower. So on the CPU a *large* image tower
-    (more than :data:`~cliptk.explain.layers.LARGE_TOWER` parameters: ViT-S and up, RN50 and up)
+    (more than :data:`~cliptk.explain.cost.LARGE_TOWER` parameters: ViT-S and up, RN50 and up)
     is explained with the approximate fast path (``fast=True``,
-    ``top_channels=AUTO_GROUPS``); cliptk's tiny towers on the CPU, and every tower on a CUDA
+    ``top_channels=cost.AUTO_GROUPS``); cliptk's tiny towers on the CPU, and every tower on a CUDA
     device, get the exact map (the library's Score-CAM for :func:`~cliptk.explain.similarity_cam`,
     cliptk's exact fast path for the batch functions). Set ``fast`` / ``top_channels`` yourself to
     choose: ``top_channels=None`` is always exact. A long exact map on the CPU shows a progress
@@ -64,7 +66,7 @@ class CamConfig:
             ``None`` (or at least the number of channels) = exact; ``"auto"`` = by the rule above.
         amp: fast path: bf16 autocast for the masked forward passes; ``None`` = on for CUDA only.
         progress: a ``tqdm`` bar over the masked batches of each map; ``None`` = only for long maps
-            (:data:`~cliptk.explain.layers.LONG_MAP_BATCHES` batches or more on a large tower on
+            (:data:`~cliptk.explain.cost.LONG_MAP_BATCHES` batches or more on a large tower on
             the CPU).
 
     Raises:
@@ -110,13 +112,12 @@ class CamConfig:
             >>> cfg.fast, cfg.top_channels
             (False, None)
         """
-        from .layers import AUTO_GROUPS, _slow_exact   # layers imports this module
 
         top, fast = self.top_channels, self.fast
         if self.method == "gradcam":
             return replace(self, fast=False, top_channels=None if top == "auto" else top)
         if top == "auto":
-            top = AUTO_GROUPS if fast is not False and _slow_exact(model, device) else None
+            top = cost.AUTO_GROUPS if fast is not False and cost.slow_exact(model, device) else None
         if fast is None:
             fast = top is not None
         return replace(self, fast=fast, top_channels=top)
