@@ -34,6 +34,7 @@ import plotly.graph_objects as go
 
 from .._util import as_rows, thumbnail_bytes, unit_rows
 from ..data import ReIdDataset
+from ..metrics import NeighbourIndex
 from ..viz import ArrayLike, plot_embeddings, project, trace_rows
 from ..viz.figures import check_dataset
 
@@ -82,7 +83,8 @@ class Explorer:
         check_dataset(dataset, n)
         if not 1 <= k < n:
             raise ValueError(f"Explorer: k={k} must be in [1, {n - 1}] for {n} images")
-        self.embeddings = unit_rows(x, "embeddings", np.float32)
+        self.embeddings = unit_rows(x, "embeddings", np.float32)   # checked here: errors name "embeddings"
+        self.index = NeighbourIndex(self.embeddings)   # a click: one product with its row, an exact top-k
         self.dataset = dataset
         self.k = k
         self.thumb_height, self.grid_height, self.max_grid = thumb_height, grid_height, max_grid
@@ -143,7 +145,8 @@ class Explorer:
 
     # --- pure computation ----------------------------------------------------------------------
     def neighbours(self, index: int, k: int | None = None) -> pd.DataFrame:
-        """The ``k`` most cosine-similar other images of row ``index`` (brute force, exact).
+        """The ``k`` most cosine-similar other images of row ``index`` (exact:
+        :class:`cliptk.metrics.NeighbourIndex`, ties to the lower row).
 
         Returns:
             ``DataFrame`` with columns ``rank`` (1 = nearest), ``row``, ``similarity``, ``pid``,
@@ -154,12 +157,11 @@ class Explorer:
         """
         index = self._check_row(index)
         k = self.k if k is None else k
-        sims = self.embeddings @ self.embeddings[index]
-        sims[index] = -np.inf  # never the image itself
-        order = np.argsort(-sims, kind="stable")[:k]
+        idx, sim = self.index.search([index], k)
+        order, sims = idx[0], sim[0]
         pids = self.dataset.pids
         qpid = pids[index]
-        return pd.DataFrame({"rank": np.arange(1, len(order) + 1), "row": order, "similarity": sims[order],
+        return pd.DataFrame({"rank": np.arange(1, len(order) + 1), "row": order, "similarity": sims,
                              "pid": pids[order], "same_identity": (pids[order] == qpid) & (qpid >= 0)})
 
     # --- handlers --------------------------------------------------------------------------------
