@@ -61,6 +61,10 @@ def read_checkpoint(path: str | os.PathLike) -> tuple[dict[str, torch.Tensor], d
                            "weights of an open_clip or cliptk model")
     if "name" not in meta or "image_only" not in meta:
         meta = {}   # not written by cliptk (e.g. the hub's {"format": "pt"})
+    elif any(k.startswith("clip.") for k in state):
+        # a cliptk file's model is its clip.* keys; others are modules a trainer attached to the model
+        # (TempNetTrainer's model.tempnet), kept in the file for whoever wants them, not model weights
+        state = {k: v for k, v in state.items() if k.startswith("clip.")}
     return _open_clip_keys(state), meta
 
 

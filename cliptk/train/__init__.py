@@ -32,11 +32,12 @@ Player Re-Identification", MMSports 2022):
 
 The loop is a :class:`Trainer` (:mod:`~cliptk.train.loop`, built from :mod:`~cliptk.train.prepare`,
 :mod:`~cliptk.train.run_dir` and :mod:`~cliptk.train.interrupt`); a new training method overrides
-its one method :meth:`Trainer.compute_loss` and runs as ``fit(..., trainer=MyTrainer)``. Two such
+its one method :meth:`Trainer.compute_loss` and runs as ``fit(..., trainer=MyTrainer)``. Three such
 methods ship, chosen by the config (:func:`trainer_for`, :mod:`~cliptk.train.objectives`):
 :class:`ImageTextTrainer` (``objective="image_text"``: CLIP's image–caption InfoNCE, both towers or
-one locked with ``lock``, LiT) and :class:`DistillTrainer` (``distill_teacher``: MobileCLIP's
-distillation from cached teacher embeddings). The
+one locked with ``lock``, LiT), :class:`DistillTrainer` (``distill_teacher``: MobileCLIP's
+distillation from cached teacher embeddings) and :class:`TempNetTrainer` (``loss="tempnet"``: a
+per-sample temperature, TempNet, trained with the tower). The
 configuration is a :class:`TrainConfig` dataclass (:mod:`~cliptk.train.config`) with the paper's
 defaults and a YAML round trip; :mod:`cliptk.recipes` loads what a YAML file names and runs it
 end to end (``python -m cliptk train --config``).
@@ -61,11 +62,12 @@ from .image_text import ImageTextTrainer
 from .loop import Trainer, fit
 from .objectives import trainer_for
 from .schedule import lr_lambda, make_scheduler
+from .tempnet import TempNetTrainer
 from .timelapse import Frame, Timelapse
 
 __all__ = [
     "TrainConfig", "load_config", "OBJECTIVES", "LOCKS",
-    "fit", "Trainer", "trainer_for", "ImageTextTrainer", "DistillTrainer",
+    "fit", "Trainer", "trainer_for", "ImageTextTrainer", "DistillTrainer", "TempNetTrainer",
     "Batch", "History", "COLUMNS", "NonFiniteLossError",
     "lr_lambda", "make_scheduler",
     "make_sampler", "PairImages", "SkipBatches", "joint_flip", "train_rows",

@@ -240,7 +240,11 @@ class TrainConfig:
         if self.loss.lower() not in LOSSES:
             raise bad("loss", f"choose one of {sorted(LOSSES)}")
         requires = LOSSES[self.loss.lower()].requires   # extra inputs the loss needs; fit makes none
-        if requires:
+        if self.loss.lower() == "tempnet":            # ... but TempNetTrainer makes tempnet's (trainer_for)
+            if self.objective != "image_image" or self.distill_teacher is not None:
+                raise bad("loss", "'tempnet' trains image-image pairs with a per-sample temperature; it does not go "
+                          "with objective='image_text' or a distill_teacher")
+        elif requires:
             usable = ", ".join(repr(name) for name, cls in LOSSES.items() if not cls.requires)
             raise bad("loss", f"this loss needs {', '.join(r + '=' for r in requires)} inputs that fit() does not "
                       f"compute; pass your own module as fit(..., loss_fn=...) or use {usable}")

@@ -112,14 +112,15 @@ class Trainer:
         KeyError: ``train_data`` lacks the train split. ValueError: too few identities for the
         batch size, a batch of one pair (no negatives), an unreadable training image,
         ``resume=True`` without ``output_dir``, ``resume=`` together with ``overwrite=True``, a
-        config whose ``objective`` or ``distill_teacher`` this class does not train (:func:`cliptk.train.trainer_for`).
+        config whose ``objective``, ``distill_teacher`` or ``loss="tempnet"`` this class does not train (:func:`cliptk.train.trainer_for`).
         FileNotFoundError: ``resume`` names no checkpoint. RunExistsError: a fresh run into an
         ``output_dir`` holding another run. CheckpointError: no readable checkpoint to resume.
     """
 
-    #: the ``TrainConfig.objective`` this class trains, and whether it reads ``distill_teacher``
-    #: (:func:`cliptk.train.trainer_for` picks the class a config names)
-    objective, distils = "image_image", False
+    #: the ``TrainConfig.objective`` this class trains, whether it reads ``distill_teacher`` and
+    #: whether it trains ``loss="tempnet"``'s per-sample temperature (:func:`cliptk.train.trainer_for`
+    #: picks the class a config names)
+    objective, distils, per_sample_temperature = "image_image", False, False
 
     def __init__(self, model: ClipModel, train_data: ReIdDataset, config: TrainConfig | None = None,
                  eval_data: ReIdDataset | None = None, *, callbacks: Sequence[Callable[[dict], Any]] = (),

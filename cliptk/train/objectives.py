@@ -3,7 +3,9 @@
 ``objective="image_image"`` trains the image tower on identity pairs (:class:`Trainer`,
 CLIP-ReIdent), with ``distill_teacher`` set it also distils a teacher
 (:class:`~cliptk.train.DistillTrainer`, MobileCLIP); ``objective="image_text"`` trains CLIP's
-image–caption objective with ``lock`` (:class:`~cliptk.train.ImageTextTrainer`, LiT).
+image–caption objective with ``lock`` (:class:`~cliptk.train.ImageTextTrainer`, LiT);
+``loss="tempnet"`` trains a per-sample temperature with the tower
+(:class:`~cliptk.train.TempNetTrainer`, TempNet).
 :func:`cliptk.recipes.run_from_config` (``python -m cliptk train``) runs what :func:`trainer_for`
 returns; ``fit(model, data, cfg, trainer=trainer_for(cfg))`` does the same in a notebook.
 
@@ -13,6 +15,8 @@ Example:
     'ImageTextTrainer'
     >>> trainer_for(TrainConfig()).__name__
     'Trainer'
+    >>> trainer_for(TrainConfig(loss="tempnet")).__name__
+    'TempNetTrainer'
 """
 from __future__ import annotations
 
@@ -20,15 +24,19 @@ from .config import TrainConfig
 from .distill import DistillTrainer
 from .image_text import ImageTextTrainer
 from .loop import Trainer
+from .tempnet import TempNetTrainer
 
 __all__ = ["trainer_for"]
 
 
 def trainer_for(config: TrainConfig) -> type[Trainer]:
-    """The trainer class ``config`` names (``objective``, ``distill_teacher``); its lock, teacher
-    and weights are read from the config by the trainer itself."""
+    """The trainer class ``config`` names (``objective``, ``distill_teacher``, ``loss="tempnet"``);
+    its lock, teacher, weights and temperature network are read from the config by the trainer
+    itself."""
     if config.objective == "image_text":
         return ImageTextTrainer
     if config.distill_teacher is not None:
         return DistillTrainer
+    if config.loss.lower() == "tempnet":
+        return TempNetTrainer
     return Trainer

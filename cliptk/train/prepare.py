@@ -165,8 +165,8 @@ def check_batches(cfg: TrainConfig, world_size: int, *, warn: bool = True, custo
 
 
 def check_trainer(cfg: TrainConfig, trainer) -> None:
-    """Refuse a config that names another objective (``objective``) or a teacher
-    (``distill_teacher``) than ``trainer`` (a :class:`~cliptk.train.Trainer`, or its class) trains,
+    """Refuse a config that names another objective (``objective``), a teacher
+    (``distill_teacher``) or a per-sample temperature (``loss="tempnet"``) than ``trainer`` (a :class:`~cliptk.train.Trainer`, or its class) trains,
     naming the field: a config must not be silently half-used.
 
     Raises:
@@ -181,3 +181,6 @@ def check_trainer(cfg: TrainConfig, trainer) -> None:
     if cfg.distill_teacher is not None and not cls.distils:
         raise ValueError(f"TrainConfig.distill_teacher={cfg.distill_teacher!r} is read by DistillTrainer, not by "
                          f"{cls.__name__}: {how}")
+    if cfg.loss.lower() == "tempnet" and not cls.per_sample_temperature:
+        raise ValueError(f"TrainConfig.loss='tempnet' needs per-sample temperatures that TempNetTrainer computes, "
+                         f"not {cls.__name__}: {how}")
