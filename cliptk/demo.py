@@ -3,10 +3,13 @@
 ``run_demo()`` reads the data (default: generates the synthetic players), evaluates the model
 zero-shot (re-id mAP / rank-k, and shirt-number probing when the data has a number column),
 fine-tunes it with the CLIP-ReIdent recipe (``configs/cpu_tiny.yaml`` by default) or loads a
-fine-tuned checkpoint, evaluates again, projects both embeddings, explains pairs with Score-CAM,
-and writes ``report.html`` (self-contained) plus the checkpoint. Called by ``python -m cliptk
-demo`` with the notebooks' parameters (``--data``, ``--model``, ``--pretrained``,
-``--finetuned``, ``--config``, ``--device``); under ``CLIPTK_SMOKE=1`` every stage is tiny.
+fine-tuned checkpoint, evaluates again, compares the two query by query, projects both embeddings,
+explains pairs with Score-CAM, and writes ``report.html`` (self-contained) plus the checkpoint.
+While it trains, a :class:`cliptk.train.Timelapse` records a probe of held-out images before
+training and after every epoch (one forward pass over the probe each time), shown as an animated
+aligned projection. Called by ``python -m cliptk demo`` with the notebooks' parameters
+(``--data``, ``--model``, ``--pretrained``, ``--finetuned``, ``--config``, ``--device``); under
+``CLIPTK_SMOKE=1`` every stage is tiny.
 """
 from __future__ import annotations
 
@@ -19,14 +22,15 @@ import plotly.graph_objects as go
 from plotly.subplots import make_subplots
 
 from . import explain, viz
-from .diagnose import rank_gallery, worst_queries_html
+from .explain import sanity
+from .diagnose import compare_rankings, rank_gallery, worst_queries_html
 from .embed import embed
-from .evaluate import evaluate, zero_shot_probe
+from .evaluate import evaluate
 from . import metadata
 from .models import load_model, save_model
 from .recipes import config_path, dataset, load_from_config, players_root, resolve_device, train_config
 from .settings import is_smoke, pick
-from .train import find_weights, fit
+from .train import Timelapse, find_weights, fit
 from .viz import Report
 
 __all__ = ["run_demo", "history_figure"]
@@ -56,7 +60,7 @@ def _row(name: str, result, probe=None) -> dict:
 def run_demo(out: Path = Path("runs/demo"), data: str | Path | None = None, minutes: float | None = None,
              finetune: bool = True, say: Callable[[str], None] = print, *, model: str | None = None,
              pretrained: str | None = None, config: str | Path = "cpu_tiny", finetuned: str | Path | None = None,
-             device: str = "auto", top_channels: int | float | None = None) -> pd.DataFrame:
+             device: str = "auto", top_channels: int | float | str | None = "auto") -> pd.DataFrame:
     """Run the story; return the metrics table (one row per model state).
 
     Args:
@@ -72,7 +76,8 @@ def run_demo(out: Path = Path("runs/demo"), data: str | Path | None = None, minu
         finetuned: fine-tuned weights to load instead of training (a ``.safetensors`` file or a run folder).
         device: ``"auto"`` (CUDA when present) or a device.
         top_channels: Score-CAM maps with this many channel groups (approximate, much faster on
-            wide towers); None = exact.
+            wide towers); None = exact; ``"auto"`` = approximate only where an exact map is slow
+            (a large tower on the CPU, :meth:`cliptk.explain.CamConfig.for_model`).
     """
     out = Path(out)
     out.mkdir(parents=True, exist_ok=True)
@@ -100,11 +105,18 @@ def run_demo(out: Path = Path("runs/demo"), data: str | Path | None = None, minu
     if finetuned is not None:
         say(f"3/6 loading the fine-tuned weights {finetuned}")
         model_ft = load_from_config(cfg, find_weights(finetuned))
+        report.text("Training timelapse", "not recorded: the fine-tuned weights were loaded, not trained in this run")
     else:
         say(f"3/6 fine-tuning with the CLIP-ReIdent recipe ({config_path(config).name})")
         model_ft = load_from_config(cfg)
-        history = fit(model_ft, ds, cfg, eval_data=ds)
+        lapse = Timelapse(test, max_images=pick(300, 60))   # a probe of held-out identities, embedded per epoch
+        history = fit(model_ft, ds, cfg, eval_data=ds, callbacks=[lapse])
         report.figure("Training", history_figure(history))
+        report.figure("Training timelapse: held-out players after each epoch", lapse.figure(), auto_play=False,
+                      note=f"{len(lapse.probe)} held-out images ({len(set(lapse.probe.pids.tolist()))} identities), "
+                           "one colour per identity, embedded before training and after every epoch and drawn in "
+                           "one aligned frame (Procrustes-aligned PCA), so what moves is what training changed; "
+                           "press play or drag the slider. The title gives the probe's mAP.")
     save_model(model_ft, out / "model.safetensors")
 
     say("4/6 evaluating the fine-tuned model")
@@ -114,6 +126,13 @@ def run_demo(out: Path = Path("runs/demo"), data: str | Path | None = None, minu
     ranking = rank_gallery(emb_after[: len(query)], emb_after[len(query):], query, gallery)
     report.raw("Worst queries of the fine-tuned model (green: same identity, red: another)",
                str(worst_queries_html(ranking, k=8, per_page=pick(10, 3))))
+    cmp = compare_rankings(rank_gallery(emb_before[: len(query)], emb_before[len(query):], query, gallery), ranking,
+                           names=("zero-shot", "fine-tuned"))
+    report.raw("Before / after, per query (click a column header to sort)",
+               str(cmp.table_html(max_rows=pick(None, 20))))
+    for label, table in (("most improved", cmp.most_improved(1)), ("most hurt", cmp.most_hurt(1))):
+        report.figure(f"Before / after: the {label} query, top 5 under both models",
+                      cmp.figure(int(table["query_index"].iloc[0]), k=5))
 
     say("5/6 projecting the embeddings (UMAP, aligned before/after)")
     method = pick("aligned_umap", "pca")
@@ -125,7 +144,7 @@ def run_demo(out: Path = Path("runs/demo"), data: str | Path | None = None, minu
     report.table("Embedding numbers", pd.concat({"zero-shot": viz.embedding_report(emb_before, test),
                                                  "fine-tuned": viz.embedding_report(emb_after, test)}, axis=1))
 
-    say("6/6 explaining pairs with Score-CAM" + (f" (approximate: {top_channels} channel groups)" if top_channels else ""))
+    say("6/6 explaining pairs with Score-CAM" + (f" (approximate: {top_channels} channel groups)" if isinstance(top_channels, (int, float)) else ""))
     q_emb, g_emb = emb_after[: len(query)], emb_after[len(query):]
     n_pairs = pick(6, 2)
     for kind in ("top_matches", "hardest_wrong"):
@@ -139,6 +158,17 @@ def run_demo(out: Path = Path("runs/demo"), data: str | Path | None = None, minu
         if kind == "top_matches":
             report.figure("Faithfulness of the first map (deletion / insertion vs random order)",
                           explain.plot_faithfulness(explain.faithfulness(model_ft, cams[0])))
+    # where each model looks, on the synthetic renderer's part masks; on other data one line says there are none
+    parts = sanity.part_saliency({"zero-shot": zero, "fine-tuned": model_ft}, test, n_pairs=pick(8, 2),
+                                 top_channels=top_channels)
+    if parts.note:
+        report.text("Where the models look, part by part", parts.note)
+    else:
+        report.figure("Where the models look: each part's share of the Score-CAM mass, same-player pairs",
+                      parts.figure(), note="grey: the part's share of the image area; a model that looks at "
+                                           "nothing in particular would follow it")
+        report.table("Where the models look (mass: share of the saliency; peak: share of pairs whose peak is there)",
+                     parts.table)
     return _finish(rows, report, out, say)
 
 

@@ -1,13 +1,16 @@
-"""The exported HTML page in a real headless browser (Debian's chromium driven by Playwright):
-the plot is drawn, and hovering a point shows that image's thumbnail.
+"""The exported HTML pages in a real headless browser (Debian's chromium driven by Playwright): the
+plot is drawn, and hovering a point shows that image's thumbnail; an exported training timelapse
+plays to its last frame; the before/after-per-query table of a report sorts on a header click.
 
 Needs ``/usr/bin/chromium`` (``apt-get install -y chromium``) and the ``playwright`` Python package;
-skipped without them. Playwright's own browser download is not used. Saves a screenshot of the
-hovered page to ``docs/img/export_hover.png``.
+skipped without them. Playwright's own browser download is not used. Tests never rewrite tracked
+files: only with ``CLIPTK_REFRESH_SCREENSHOTS=1`` is the hovered page saved as the README's
+``docs/img/export_hover.png`` (the teaching views' screenshots come from ``tests/test_jupyterlab.py``).
 """
 from __future__ import annotations
 
 import io
+import os
 from pathlib import Path
 
 import numpy as np
@@ -19,6 +22,8 @@ from cliptk.viz import export_html, html_fragment, plot_embeddings, project, thu
 pytestmark = pytest.mark.browser
 
 SCREENSHOT = Path(__file__).resolve().parents[1] / "docs" / "img" / "export_hover.png"
+#: the README's screenshot is written only on request
+REFRESH = os.environ.get("CLIPTK_REFRESH_SCREENSHOTS", "").strip().lower() in ("1", "true", "yes", "on")
 VIEWPORT = {"width": 1000, "height": 640}
 
 # client (viewport) pixel position of point j of trace i, from plotly's own axis mapping
@@ -100,7 +105,7 @@ def test_exported_page_shows_thumbnail_on_hover(browser, players, tmp_path, webg
         assert state["src"] == thumbnail_uri(ds[row], 48)  # this row's thumbnail, as Python encodes it
         assert state["src"].startswith("data:image/") and state["natural"] == 48
         assert f"row {row}" in state["label"]
-        if not webgl:
+        if not webgl and REFRESH:
             SCREENSHOT.parent.mkdir(parents=True, exist_ok=True)
             page.screenshot(path=str(SCREENSHOT))
         page.mouse.move(5, VIEWPORT["height"] - 5)  # leave the plot: the thumbnail goes away
@@ -124,6 +129,82 @@ def test_fragment_inside_a_larger_report(browser, players, tmp_path):
     try:
         assert page.locator("#embedding-plot .scatterlayer .point").count() == len(ds)
         assert page.evaluate(THUMB_STATE)["src"] == thumbnail_uri(ds[row], 48)
+        assert errors == []
+    finally:
+        page.close()
+
+
+def _open(browser, path: Path):
+    page = browser.new_page(viewport=VIEWPORT)
+    page.set_default_timeout(180_000)
+    errors: list[str] = []
+    page.on("pageerror", lambda e: errors.append(str(e)))
+    page.goto(path.as_uri(), timeout=180_000)
+    return page, errors
+
+
+def test_exported_timelapse_plays_to_its_last_frame(browser, tmp_path):
+    """plot_timelapse written with auto_play=False: first frame on load; "play" walks the slider to the end, the
+    points move to the last frame's and the title gives its label and mAP."""
+    from cliptk.viz import plot_timelapse
+
+    rng = np.random.default_rng(0)
+    pids = np.repeat(np.arange(6), 8)
+    centres = rng.normal(size=(6, 16))
+    frames = [centres[pids] * s + rng.normal(size=(48, 16)) for s in (0.2, 1.0, 3.0)]   # clusters split apart
+    fig = plot_timelapse(frames, labels=["before training", "epoch 1", "epoch 2"], maps=[0.2, 0.5, 0.9],
+                         color_by=pids, duration_ms=200)
+    path = tmp_path / "timelapse.html"
+    fig.write_html(path, auto_play=False)
+    page, errors = _open(browser, path)
+    state = """() => { const gd = document.querySelector('.plotly-graph-div');
+      return gd && gd._fullLayout && gd.calcdata ? {title: gd._fullLayout.title.text,
+                                                    active: gd._fullLayout.sliders[0].active,
+                                                    x: Array.from(gd._fullData[0].x).slice(0, 4)} : null; }"""
+    try:
+        page.wait_for_function(f"() => ({state})() !== null")
+        first = page.evaluate(state)
+        assert first["title"].startswith("training timelapse: before training") and first["active"] == 0
+        box = page.locator(".updatemenu-button").first.bounding_box()   # the first button: play
+        page.mouse.click(box["x"] + box["width"] / 2, box["y"] + box["height"] / 2)
+        page.wait_for_function(f"() => ({state})().active === 2")
+        page.wait_for_timeout(600)        # the last transition settles
+        last = page.evaluate(state)
+        assert last["x"] != first["x"]
+        assert last["title"] == fig.frames[2].layout.title.text == "training timelapse: epoch 2 — probe mAP 0.900"
+        np.testing.assert_allclose(last["x"], fig.frames[2].data[0].x[:4], rtol=1e-5)   # the last frame's points
+        assert errors == []
+    finally:
+        page.close()
+
+
+def test_report_table_of_queries_sorts_on_a_header_click(browser, tmp_path):
+    """QueryComparison.table_html inside a Report: clicking "delta ap" sorts the rows by it, twice reverses."""
+    from cliptk.diagnose import compare_embeddings
+    from cliptk.viz import Report
+
+    rng = np.random.default_rng(1)
+    centres = rng.normal(size=(8, 12))
+    g = np.repeat(centres, 3, axis=0) + 0.6 * rng.normal(size=(24, 12))
+    cmp = compare_embeddings(centres + rng.normal(size=(8, 12)), g, centres + 0.3 * rng.normal(size=(8, 12)), g,
+                             np.arange(8), np.repeat(np.arange(8), 3))
+    report = Report("before / after")
+    report.raw("Before / after, per query", str(cmp.table_html(by="query order")))
+    path = report.save(tmp_path / "report.html")
+    page, errors = _open(browser, path)
+    column = list(cmp.table.columns).index("delta_ap") + 1    # + the thumbnail column after query_index
+    rows = f"""() => Array.from(document.querySelectorAll('table tbody tr')).map(r => [
+                 +r.cells[0].textContent, +r.cells[{column}].dataset.v])"""
+    try:
+        assert [q for q, _ in page.evaluate(rows)] == list(range(8))
+        header = page.locator("table thead th").nth(column)
+        assert header.inner_text().strip() == "delta ap"
+        header.click()
+        up = page.evaluate(rows)
+        assert [v for _, v in up] == sorted(cmp.table["delta_ap"])
+        assert [q for q, _ in up] == cmp.table.sort_values("delta_ap", kind="stable")["query_index"].tolist()
+        header.click()
+        assert [v for _, v in page.evaluate(rows)] == sorted(cmp.table["delta_ap"], reverse=True)
         assert errors == []
     finally:
         page.close()

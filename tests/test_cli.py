@@ -31,8 +31,14 @@ def test_demo_writes_report_and_checkpoint(tmp_path):
     assert list(metrics.index) == ["zero-shot", "fine-tuned"]
     assert metrics["mAP"].between(0, 1).all()
     html = (out / "report.html").read_text()
-    for heading in ("Metrics", "Training", "Embedding space", "Worst queries", "Score-CAM: top matches", "Faithfulness"):
+    for heading in ("Metrics", "Training", "Embedding space", "Worst queries", "Score-CAM: top matches", "Faithfulness",
+                    "Training timelapse", "Before / after, per query", "Before / after: the most improved query",
+                    "Before / after: the most hurt query", "Where the models look: each part",
+                    "zero-shot mass", "fine-tuned mass"):   # part shares on the renderer's masks, both models
         assert heading in html
+    # the timelapse: a frame before training and one where the smoke run stopped (max_steps, mid-epoch)
+    assert "before training" in html and f"step {ct.settings.SMOKE_STEPS} (max steps)" in html and "Plotly.addFrames" in html
+    assert "<table id='cliptk-compare-" in html and "addEventListener('click'" in html   # the sortable table
     assert "data:image" in html  # thumbnails travel inside the file
     assert "plotly.js v" in html and 'src="https://cdn.plot.ly' not in html  # plotly.js inlined: opens offline
     model = ct.load_model("cliptk-tiny", out / "model.safetensors", image_only=True)
@@ -93,6 +99,27 @@ def test_train_overwrite_and_the_resume_command_keeps_the_overrides(monkeypatch,
     out = capsys.readouterr().out
     assert "python -m cliptk train --config cpu_tiny --set lr=1e-4 '/my data' --resume" not in out
     assert "python -m cliptk train --config cpu_tiny --set lr=1e-4 'data=/my data' --resume" in out
+
+
+def test_repeated_set_flags_add_up_and_top_channels_parse(monkeypatch, capsys):
+    from cliptk import cli
+
+    calls = []
+
+    class Interrupted:
+        interrupted = True
+
+    monkeypatch.setattr(cli, "run_from_config", lambda config, overrides, resume=None: (calls.append(overrides), (None, Interrupted()))[1])
+    assert cli.main(["train", "--config", "cpu_tiny", "--set", "lr=1e-4", "--set", "epochs=2", "seed=3"]) == 130
+    assert calls == [{"lr": "1e-4", "epochs": "2", "seed": "3"}]
+    assert "--set lr=1e-4 epochs=2 seed=3 --resume" in capsys.readouterr().out
+    parse = cli.build_parser().parse_args
+    assert parse(["demo"]).top_channels == "auto"
+    assert parse(["demo", "--top-channels", "exact"]).top_channels is None
+    assert parse(["demo", "--top-channels", "16"]).top_channels == 16
+    with pytest.raises(SystemExit):
+        parse(["demo", "--top-channels", "many"])
+    assert "write auto, exact or a number" in capsys.readouterr().err
 
 
 def test_train_prints_a_final_summary(monkeypatch, capsys, tmp_path):
@@ -160,4 +187,7 @@ def test_demo_runs_on_a_folder_of_photos_and_another_model(tmp_path):
     assert "held out" in res.stdout and "skipped the shirt-number probe" in res.stdout
     metrics = pd.read_csv(tmp_path / "out" / "metrics.csv", index_col=0)
     assert list(metrics.index) == ["zero-shot", "fine-tuned"] and metrics["mAP"].between(0, 1).all()
-    assert "cliptk-micro on photos" in (tmp_path / "out" / "report.html").read_text()
+    html = (tmp_path / "out" / "report.html").read_text()
+    assert "cliptk-micro on photos" in html
+    assert "Training timelapse" in html and "Before / after, per query" in html
+    assert "Where the models look, part by part" in html and "no part mask" in html   # photos: one line says why

@@ -1,13 +1,17 @@
 """Before/after per query: AP per query against an independent formula and evaluate_reid's, rank
-changes against a brute force over Ranking.ranked, the figure and the widget."""
+changes against a brute force over Ranking.ranked, the sorted table and its HTML, the figure, the
+aligned projection (its marks against the ranking) and the widget with its links."""
 from __future__ import annotations
+
+import re
 
 import numpy as np
 import pytest
 from PIL import Image
 
 from cliptk.diagnose import rank_gallery
-from cliptk.diagnose.compare import compare_embeddings, compare_models, compare_rankings, match_ranks
+from cliptk.diagnose.compare import SORTS, compare_embeddings, compare_models, compare_rankings, match_ranks
+from cliptk.viz import aligned_projection
 from cliptk.metrics import evaluate_reid
 
 
@@ -84,7 +88,78 @@ def test_figure_and_widget_with_images():
     pytest.importorskip("ipywidgets")
     w = cmp.widget(k=3)
     w.select(2)
-    assert w.topk.layout.title.text.startswith("query 2") and w.scatter.data[0].marker.size[2] == 18
+    assert w.captions["topk"].value.startswith("query 2") and w.scatter.data[0].marker.size[2] == 18
+    assert w.query.value == 2 and "query 2 " in w.captions["projection"].value
+
+
+def _comparison(nq=5, per=3):
+    qa, qb, g, qp, gp, qc, gc = _world(nq=nq, per=per)
+    qimg = [Image.new("RGB", (8, 16), (0, 30 * i, 0)) for i in range(nq)]
+    return compare_embeddings(qa, g, qb, g, qp, gp, names=("noisy", "clean"), query_camids=qc, gallery_camids=gc,
+                              query_images=qimg, gallery_images=[Image.new("RGB", (8, 16))] * len(gp)), (qa, qb, g)
+
+
+def test_sorted_orders_and_sortable_html():
+    cmp, _ = _comparison()
+    t = cmp.table
+    for by, (cols, ascending) in SORTS.items():   # each order is pandas' own sort of the table
+        expected = t.sort_values(cols, ascending=ascending, na_position="last", kind="stable")["query_index"]
+        assert cmp.sorted(by)["query_index"].tolist() == expected.tolist(), by
+    with pytest.raises(ValueError, match="choose one of"):
+        cmp.sorted("best")
+    page = cmp.table_html(max_rows=3, by="most hurt")
+    order = [int(float(m)) for m in re.findall(r"<tr><td data-v='([0-9.]+)'>", page)]
+    assert order == cmp.most_hurt(3)["query_index"].tolist()             # rows in the asked order
+    assert page.count("<img ") == 3 and "first 3 of 5 queries" in page     # a thumbnail per query shown
+    table_id = re.search(r"<table id='([^']+)'", page).group(1)
+    assert f"getElementById('{table_id}')" in page and "addEventListener('click'" in page   # headers sort
+    assert cmp.table_html()._repr_html_().count("<tr>") == 1 + len(t)     # all rows by default
+    assert cmp.table_html() != cmp.table_html()                            # two tables on one page: two ids
+
+
+def test_projection_marks_the_query_its_matches_and_top_k():
+    cmp, (qa, qb, g) = _comparison()
+    ref = aligned_projection(np.vstack([qa, g]), np.vstack([qb, g]), "pca")   # the same call, made here
+    fig = cmp.projection(0, k=3)
+    n_q = len(cmp.table)
+    for side, r in enumerate((cmp.before, cmp.after)):
+        gallery, queries, lines, marks = fig.data[4 * side: 4 * side + 4]
+        np.testing.assert_allclose(np.c_[queries.x, queries.y], ref[side][:n_q], rtol=1e-5, atol=1e-6)
+        np.testing.assert_allclose(np.c_[gallery.x, gallery.y], ref[side][n_q:], rtol=1e-5, atol=1e-6)
+        kinds = [tuple(c) for c in marks.customdata]
+        assert kinds[0] == (0, 0) and marks.marker.symbol[0] == "star"          # the query itself
+        top = r.top_k(0, 3, include_junk=False)
+        matches = {j for j in range(r.n_gallery) if r.gallery_pids[j] == 0 and not r.junk_mask(0)[j]}
+        assert {i for k, i in kinds if k == 1 and marks.marker.symbol[kinds.index((k, i))] == "circle-open"} == matches
+        wrong = set(top.loc[top["status"] != "match", "gallery_index"].astype(int))
+        assert {i for k, i in kinds if k == 1 and marks.marker.symbol[kinds.index((k, i))] == "x"} == wrong
+        assert sum(v is None for v in lines.x) == len(top)                      # one line per top-k item
+    assert len(cmp.projection().data[3].x) == 0                                  # no query: no marks
+
+
+def test_widget_links_the_projection_to_the_query():
+    pytest.importorskip("ipywidgets")
+    cmp, _ = _comparison()
+    w = cmp.widget(k=2, by="most hurt")
+    assert w.query.value == int(cmp.most_hurt(1)["query_index"].iloc[0])
+    proj = w.projection
+    if not hasattr(proj, "_handler_js2py_pointsCallback"):
+        pytest.skip("plotly FigureWidget (anywidget) is not available")
+    state = dict(ctrl=False, alt=False, shift=False, meta=False, button=0, buttons=1)
+
+    def click(trace: int, point: int) -> None:   # the message a browser click sends
+        proj._handler_js2py_pointsCallback({"new": {"event_type": "plotly_click", "device_state": state, "points": {
+            "trace_indexes": [trace], "point_indexes": [point], "xs": [0.0], "ys": [0.0]}}})
+
+    click(5, 3)                                          # query 3 in the "after" panel
+    assert w.query.value == 3 and w.captions["topk"].value.startswith("query 3")
+    assert tuple(proj.data[3].customdata[0]) == (0, 3) and tuple(proj.data[7].customdata[0]) == (0, 3)
+    gallery_pid = int(cmp.before.gallery_pids[4])
+    click(0, 4)                                          # a gallery point: a query of its identity
+    assert int(cmp.before.query_pids[w.query.value]) == gallery_pid
+    w.sort.value = "query order"                         # re-sorting keeps the query shown
+    assert [v for _, v in w.query.options] == list(range(len(cmp.table)))
+    assert int(cmp.before.query_pids[w.query.value]) == gallery_pid
 
 
 def test_compare_models_on_a_dataset(micro_model, tiny_players):

@@ -1,6 +1,9 @@
 """Notebook 03 in a real JupyterLab, driven by a real headless browser: Run ▸ Run All Cells, then the
 embedding explorer (a plotly ``FigureWidget`` + ipywidgets) renders, and clicking a point fills the
-neighbour panel from the kernel.
+neighbour panel from the kernel. In the same session, a small notebook of the four teaching views
+(issue 17: training timelapse, InfoNCE batch inspector, before/after per query, saliency sanity
+checks) runs, each view appears, and each reacts to one interaction: play the timelapse, drag the
+temperature slider, click a query in the aligned projection.
 
 What it checks that no kernel-only test can: the front-end extensions (jupyterlab-manager, anywidget,
 jupyterlab-plotly) load, the widgets' JavaScript draws, and a click travels browser → kernel →
@@ -10,10 +13,13 @@ Needs Debian's chromium at ``/usr/bin/chromium`` (``make browser-deps``) and the
 Python package; skipped without them (Playwright's own browser download is not used). The kernel
 runs in smoke mode (``CLIPTK_SMOKE=1``), on a copy of the notebook in a temporary folder (JupyterLab
 autosaves, and the committed notebook must stay output-free) whose ``data`` links to the repo's
-``data/``. Saves ``docs/img/explorer.png`` (the explorer after the click) and
-``docs/img/jupyterlab_03.png`` (the whole JupyterLab window).
+``data/``. Tests never rewrite tracked files: only with ``CLIPTK_REFRESH_SCREENSHOTS=1`` do they save
+the README's screenshots, ``docs/img/explorer.png`` (the explorer after the click),
+``docs/img/jupyterlab_03.png`` (the whole JupyterLab window), ``docs/img/timelapse.png``,
+``docs/img/batch_inspector.png``, ``docs/img/before_after.png`` and ``docs/img/saliency_sanity.png``.
 
-Run alone: ``.venv/bin/python -m pytest -q tests/test_jupyterlab.py -s`` (a few minutes on 2 cores).
+Run alone: ``.venv/bin/python -m pytest -q tests/test_jupyterlab.py -s`` (a few minutes on 2 cores);
+``CLIPTK_REFRESH_SCREENSHOTS=1`` in front of it refreshes the screenshots.
 """
 from __future__ import annotations
 
@@ -36,7 +42,10 @@ pytestmark = [pytest.mark.browser, pytest.mark.slow]
 
 REPO = Path(__file__).resolve().parents[1]
 NOTEBOOK = "03_embedding_space.ipynb"
+TEACHING = "teaching_views.ipynb"   # written by the lab fixture (below), not a tracked notebook
 IMG = REPO / "docs" / "img"
+#: the README's screenshots are written only on request
+REFRESH = os.environ.get("CLIPTK_REFRESH_SCREENSHOTS", "").strip().lower() in ("1", "true", "yes", "on")
 VIEWPORT = {"width": 1440, "height": 1000}
 # bounded waits, generous for a loaded 2-core machine (never asserted on: they only stop a hung run)
 SERVER_START_S = 120      # JupyterLab answering /api/status
@@ -70,6 +79,20 @@ NOTEBOOK_STATE = """(name) => {
 }"""
 
 # the explorer: the output area of the cell that builds ct.Explorer, its plot and its panels
+# of screen points {x, y, row, ...}: the one farthest from any other (rows equal to `avoid` skipped),
+# with that distance as `gap`: a click target nothing overlaps
+LONELIEST_JS = """
+  const loneliest = (pts, avoid) => {
+    let best = null, bestD = -1;
+    for (const p of pts) {
+      if (avoid !== undefined && p.row === avoid) continue;
+      let d = Infinity;
+      for (const q of pts) if (q !== p) d = Math.min(d, Math.hypot(p.x - q.x, p.y - q.y));
+      if (d > bestD) { bestD = d; best = p; }
+    }
+    return best && {...best, gap: bestD};
+  };
+"""
 EXPLORER_JS = """
 const explorerOutput = () => {
   const cell = Array.from(document.querySelectorAll('.jp-CodeCell'))
@@ -96,7 +119,7 @@ EXPLORER_STATE = "() => {" + EXPLORER_JS + """
 
 # the point farthest (in screen pixels) from any other: a click target nothing overlaps.
 # Returns its client x, y, and its dataset row (customdata[:, 0], as cliptk.viz.trace_rows reads it)
-CLICK_TARGET = "() => {" + EXPLORER_JS + """
+CLICK_TARGET = "() => {" + EXPLORER_JS + LONELIEST_JS + """
   const gd = explorerOutput().querySelector('.js-plotly-plot');
   const fl = gd._fullLayout, box = gd.getBoundingClientRect(), s = fl._size;
   const pts = [];
@@ -108,13 +131,7 @@ CLICK_TARGET = "() => {" + EXPLORER_JS + """
         pts.push({x: box.left + s.l + px, y: box.top + s.t + py, row: tr.customdata[j][0], trace: i, index: j});
     }
   });
-  let best = null, bestD = -1;
-  for (const p of pts) {
-    let d = Infinity;
-    for (const q of pts) if (q !== p) d = Math.min(d, Math.hypot(p.x - q.x, p.y - q.y));
-    if (d > bestD) { bestD = d; best = p; }
-  }
-  return best && {...best, gap: bestD};
+  return loneliest(pts);
 }"""
 
 # after the click: the query card, the neighbour cards (pid and border colour), the status line
@@ -147,6 +164,106 @@ def _get(url: str, timeout: float = 5.0) -> int:
 
 def _log_tail(log: Path, n: int = 4000) -> str:
     return log.read_text(errors="replace")[-n:] if log.exists() else "(no server log)"
+
+
+# the teaching views' notebook: the smoke players and the bundled tiny CLIP, a short real fit for the
+# timelapse and the "after" model, nothing cached and nothing tracked written
+TEACHING_CELLS = [
+    """import cliptk as ct
+from cliptk.explain import sanity
+from cliptk.viz.batch_inspector import random_pair_batch
+ds = ct.players()                      # CLIPTK_SMOKE=1: the smoke world
+test, query, gallery, train = (ds.subset(*s) for s in (("query", "gallery"), ("query",), ("gallery",), ("train",)))
+zero_shot = ct.load_model(image_only=True)""",
+    """tuned = ct.load_model(image_only=True)
+lapse = ct.train.Timelapse(test, max_images=120)
+cfg = ct.TrainConfig(batch_size=16, epochs=3, per_epoch="identities", lr=2e-4, eval_before=False, progress=False)
+ct.fit(tuned, ds, cfg, callbacks=[lapse])
+lapse.figure(title="timelapse")""",
+    """seed = next(s for s in range(100) if len(set(train.pids[random_pair_batch(train.pids, 12, s)[:12]])) < 12)
+(random_batch, unique_batch), _ = ct.viz.compare_batches(zero_shot, ds, batch_size=12, seed=seed)
+ct.viz.batch_inspector([random_batch, unique_batch])""",
+    """comparison = ct.diagnose.compare_models(zero_shot, tuned, query, gallery, names=("zero-shot", "fine-tuned"))
+comparison.widget(k=4)""",
+    """saliency = sanity.compare_saliency(tuned, 0, 0, dataset=(query, gallery), steps=3, n_random=1)
+saliency.figure()""",
+]
+
+# an output area by a snippet of its cell's source, and a plotly div in it by its title's start (a string) or by
+# its number of traces (a number)
+OUTPUT_JS = """
+const outputOf = (snippet) => {
+  const cell = Array.from(document.querySelectorAll('.jp-CodeCell'))
+    .find(c => c.querySelector('.jp-InputArea').textContent.includes(snippet));
+  return cell && cell.querySelector('.jp-OutputArea');
+};
+const plotIn = (out, key) => out && Array.from(out.querySelectorAll('.js-plotly-plot'))
+  .find(gd => gd._fullLayout && gd.calcdata &&
+        (typeof key === 'number' ? gd.data.length === key : (gd._fullLayout.title.text || '').startsWith(key)));
+"""
+VIEW_STATE = "([snippet, prefix]) => {" + OUTPUT_JS + """
+  const gd = plotIn(outputOf(snippet), prefix);
+  return gd ? {title: gd._fullLayout.title.text, slider: gd._fullLayout.sliders && gd._fullLayout.sliders.length ?
+               gd._fullLayout.sliders[0].active : null, x0: gd._fullData[0].x ? Array.from(gd._fullData[0].x).slice(0, 5) : null}
+            : null;
+}"""
+PLOT_TITLES = "(snippet) => {" + OUTPUT_JS + """
+  const out = outputOf(snippet);
+  return out ? Array.from(out.querySelectorAll('.js-plotly-plot')).map(gd => [!!gd.calcdata,
+    gd._fullLayout ? gd._fullLayout.title.text : null]) : null;
+}"""
+# the centre of an SVG element of a plot, e.g. the timelapse's first button (play)
+CENTRE_OF = "([snippet, prefix, selector]) => {" + OUTPUT_JS + """
+  const el = plotIn(outputOf(snippet), prefix).querySelector(selector);
+  el.scrollIntoView({block: 'center'});
+  const b = el.getBoundingClientRect();
+  return [b.left + b.width / 2, b.top + b.height / 2];
+}"""
+# the loneliest point of trace `trace` (screen pixels) whose customdata[1] is not `avoid`
+POINT_OF = "([snippet, prefix, trace, avoid]) => {" + OUTPUT_JS + LONELIEST_JS + """
+  const gd = plotIn(outputOf(snippet), prefix);
+  const fl = gd._fullLayout, tr = gd._fullData[trace], box = gd.getBoundingClientRect();
+  const xa = fl[tr.xaxis.replace('x', 'xaxis')], ya = fl[tr.yaxis.replace('y', 'yaxis')];
+  const pts = [];
+  for (let j = 0; j < tr.x.length; j++)
+    pts.push({x: box.left + xa._offset + xa.l2p(tr.x[j]), y: box.top + ya._offset + ya.l2p(tr.y[j]), j,
+              row: tr.customdata[j][1]});
+  return loneliest(pts, avoid);
+}"""
+HOVERING = "([snippet, prefix, trace, j]) => {" + OUTPUT_JS + """
+  const gd = plotIn(outputOf(snippet), prefix);
+  return (gd._hoverdata || []).some(p => p.curveNumber === trace && p.pointNumber === j);
+}"""
+WIDGET_TEXT = "(snippet) => {" + OUTPUT_JS + """
+  const out = outputOf(snippet);
+  return out ? Array.from(out.querySelectorAll('.widget-html')).map(h => h.textContent).join(' | ') : null;
+}"""
+
+
+def _write_notebook(path: Path, cells: list[str]) -> None:
+    nb = {"cells": [{"cell_type": "code", "execution_count": None, "metadata": {}, "outputs": [],
+                     "source": src} for src in cells],
+          "metadata": {"kernelspec": {"display_name": "Python 3", "language": "python", "name": "python3"}},
+          "nbformat": 4, "nbformat_minor": 5}
+    path.write_text(json.dumps(nb, indent=1), encoding="utf-8")
+
+
+def _shoot(page, snippet: str, name: str) -> None:
+    """The output area of the cell holding ``snippet`` as ``docs/img/<name>`` (only on request)."""
+    if not REFRESH:
+        return
+    IMG.mkdir(parents=True, exist_ok=True)
+    out = page.locator(".jp-CodeCell", has_text=snippet).locator(".jp-OutputArea")
+    height = out.bounding_box()["height"]
+    if height > VIEWPORT["height"] - 150:   # JupyterLab scrolls inside its panel: the whole output must be on screen
+        page.set_viewport_size({"width": VIEWPORT["width"], "height": int(height) + 300})
+        page.wait_for_timeout(1500)
+    out.scroll_into_view_if_needed()
+    page.mouse.move(5, 5)  # no hover label in the picture
+    page.wait_for_timeout(800)
+    out.screenshot(path=str(IMG / name))
+    page.set_viewport_size(VIEWPORT)
+    page.wait_for_timeout(500)
 
 
 def _notebook_k() -> int:
@@ -200,6 +317,7 @@ def lab(browser, tmp_path_factory):
     root = tmp_path_factory.mktemp("lab")
     (root / "notebooks").mkdir()
     shutil.copy(REPO / "notebooks" / NOTEBOOK, root / "notebooks" / NOTEBOOK)
+    _write_notebook(root / "notebooks" / TEACHING, TEACHING_CELLS)
     (root / "data").symlink_to(REPO / "data", target_is_directory=True)  # the notebook's "../data/..."
     home = root / "jupyter"
     for rel, value in SETTINGS.items():
@@ -238,20 +356,32 @@ def lab(browser, tmp_path_factory):
         _stop(proc, base, token)
 
 
-def _wait_notebook_done(page, log: Path) -> dict:
+def _wait_notebook_done(page, log: Path, name: str = NOTEBOOK) -> dict:
     """Poll the notebook until every code cell ran and the kernel is idle; fail fast on an error."""
     deadline = time.monotonic() + RUN_ALL_S
     state = None
     while time.monotonic() < deadline:
-        state = page.evaluate(NOTEBOOK_STATE, NOTEBOOK)
+        state = page.evaluate(NOTEBOOK_STATE, name)
         if state:
             errors = [c["error"] for c in state["cells"] if c["error"]]
-            assert not errors, f"a cell of {NOTEBOOK} raised: {errors[0]}"
+            assert not errors, f"a cell of {name} raised: {errors[0]}"
             done = all(c["n"] is not None and c["state"] != "running" for c in state["cells"])
             if done and state["kernel"] == "idle":
                 return state
         page.wait_for_timeout(2000)
-    pytest.fail(f"{NOTEBOOK} did not finish within {RUN_ALL_S} s; last state {state}\n{_log_tail(log)}")
+    pytest.fail(f"{name} did not finish within {RUN_ALL_S} s; last state {state}\n{_log_tail(log)}")
+
+
+def _open_and_run_all(page, base: str, token: str, name: str) -> int:
+    """Open notebook ``name``, wait for its kernel, then Run ▸ Run All Cells as a user would;
+    returns the number of code cells."""
+    page.goto(f"{base}/lab/tree/{name}?token={token}", timeout=KERNEL_START_S * 1000)
+    page.wait_for_function(f"(name) => ({NOTEBOOK_STATE})(name)?.kernel === 'idle'", arg=name,
+                           timeout=KERNEL_START_S * 1000, polling=1000)
+    n_code = len(page.evaluate(NOTEBOOK_STATE, name)["cells"])
+    page.locator("#jp-MainMenu .lm-MenuBar-itemLabel", has_text=re.compile(r"^Run$")).click()
+    page.locator('.lm-Menu-item[data-command="runmenu:run-all"]').click()
+    return n_code
 
 
 @pytest.mark.timeout(TOTAL_S)
@@ -262,16 +392,8 @@ def test_notebook_03_explorer_in_jupyterlab(browser, lab):
     page_errors: list[str] = []
     page.on("pageerror", lambda e: page_errors.append(str(e)))
     try:
-        page.goto(f"{base}/lab/tree/{NOTEBOOK}?token={token}", timeout=KERNEL_START_S * 1000)
-        # the notebook is open and its kernel has started
-        page.wait_for_function(f"(name) => ({NOTEBOOK_STATE})(name)?.kernel === 'idle'", arg=NOTEBOOK,
-                               timeout=KERNEL_START_S * 1000, polling=1000)
-        n_code = len(page.evaluate(NOTEBOOK_STATE, NOTEBOOK)["cells"])
+        n_code = _open_and_run_all(page, base, token, NOTEBOOK)
         assert n_code > 0
-
-        # Run ▸ Run All Cells, as a user would
-        page.locator("#jp-MainMenu .lm-MenuBar-itemLabel", has_text=re.compile(r"^Run$")).click()
-        page.locator('.lm-Menu-item[data-command="runmenu:run-all"]').click()
         state = _wait_notebook_done(page, log)
         assert len(state["cells"]) == n_code
         assert sorted(c["n"] for c in state["cells"]) == list(range(1, n_code + 1))  # each ran once, in one go
@@ -331,15 +453,97 @@ def test_notebook_03_explorer_in_jupyterlab(browser, lab):
             same += pid == qpid
         assert after["status"] and f"{same} of {k} nearest neighbours" in after["status"], after["status"]
 
-        # screenshots for the README
-        IMG.mkdir(parents=True, exist_ok=True)
-        out = page.locator(".jp-CodeCell", has_text="ct.Explorer(").locator(".jp-OutputArea")
-        out.scroll_into_view_if_needed()
-        page.mouse.move(5, VIEWPORT["height"] - 5)  # no hover label over the explorer
+        # screenshots for the README, on request
+        if REFRESH:
+            IMG.mkdir(parents=True, exist_ok=True)
+            out = page.locator(".jp-CodeCell", has_text="ct.Explorer(").locator(".jp-OutputArea")
+            out.scroll_into_view_if_needed()
+            page.mouse.move(5, VIEWPORT["height"] - 5)  # no hover label over the explorer
+            page.wait_for_timeout(500)
+            out.screenshot(path=str(IMG / "explorer.png"))
+            page.locator(".jp-CodeCell", has_text="ct.Explorer(").scroll_into_view_if_needed()
+            page.screenshot(path=str(IMG / "jupyterlab_03.png"), full_page=True)
+        if page_errors:
+            print("page errors (not failing the test):", *page_errors, sep="\n  ")
+        assert "Error displaying widget" not in page.locator("body").inner_text()
+    finally:
+        page.close()
+
+
+def test_teaching_views_in_jupyterlab(browser, lab):
+    """Issue 17's four views in one notebook: each appears and reacts to one interaction."""
+    base, token, log = lab
+    page = browser.new_page(viewport=VIEWPORT)
+    page_errors: list[str] = []
+    page.on("pageerror", lambda e: page_errors.append(str(e)))
+    try:
+        _open_and_run_all(page, base, token, TEACHING)
+        state = _wait_notebook_done(page, log, TEACHING)
+        assert len(state["cells"]) == len(TEACHING_CELLS)
+        body = page.locator("body").inner_text()
+        assert "Error displaying widget" not in body, "a widget failed to render"
+
+        # 1. the timelapse: drawn on its first frame; "play" runs it to the last frame (slider and points follow)
+        view = ["lapse.figure(", "timelapse: "]
+        page.wait_for_function(f"(a) => ({VIEW_STATE})(a) !== null", arg=view, timeout=CLICK_S * 1000, polling=500)
+        first = page.evaluate(VIEW_STATE, view)
+        assert "before training" in first["title"] and first["slider"] == 0, first
+        x, y = page.evaluate(CENTRE_OF, [*view, ".updatemenu-button"])
+        page.mouse.click(x, y)
+        page.wait_for_function(f"(a) => ({VIEW_STATE})(a).slider === 3", arg=view, timeout=CLICK_S * 1000,
+                               polling=300)   # before training + 3 epochs
+        page.wait_for_timeout(1500)           # the last transition settles
+        last = page.evaluate(VIEW_STATE, view)
+        assert last["x0"] != first["x0"], "the points did not move"
+        assert "epoch 3" in last["title"], last   # the title follows the frames
+        _shoot(page, "lapse.figure(", "timelapse.png")
+
+        # 2. the batch inspector: dragging the temperature slider recomputes loss and softmax in the kernel
+        snippet = "ct.viz.batch_inspector("
+        page.wait_for_function(f"(s) => ({WIDGET_TEXT})(s)?.includes('unique-identity batch')", arg=snippet,
+                               timeout=CLICK_S * 1000, polling=500)
+        before = page.evaluate(WIDGET_TEXT, snippet)
+        handle = page.locator(".jp-CodeCell", has_text=snippet).locator(".widget-slider .noUi-handle").first
+        handle.scroll_into_view_if_needed()
+        hb = handle.bounding_box()
+        page.mouse.move(hb["x"] + hb["width"] / 2, hb["y"] + hb["height"] / 2)
+        page.mouse.down()
+        page.mouse.move(hb["x"] + hb["width"] / 2 + 30, hb["y"] + hb["height"] / 2, steps=4)   # a little warmer
+        page.mouse.up()
+        page.wait_for_function(f"([s, old]) => {{ const t = ({WIDGET_TEXT})(s); return t && t !== old; }}",
+                               arg=[snippet, before], timeout=CLICK_S * 1000, polling=300)
+        t_before = float(re.search(r"T=([0-9.]+)", before).group(1))
+        t_after = float(re.search(r"T=([0-9.]+)", page.evaluate(WIDGET_TEXT, snippet)).group(1))
+        assert t_after > t_before, (before, t_after)   # dragged right: a higher temperature
+        _shoot(page, snippet, "batch_inspector.png")
+
+        # 3. before/after per query: clicking a query in the aligned projection shows its top-k under both models
+        snippet = "comparison.widget("
+        proj = [snippet, 8]   # the projection: 4 traces a panel
+        try:
+            page.wait_for_function(f"(a) => ({VIEW_STATE})(a) !== null && ({WIDGET_TEXT})(a[0]).includes('(star)')",
+                                   arg=proj, timeout=CLICK_S * 1000, polling=500)
+        except Exception as e:
+            pytest.fail(f"the before/after widget did not appear: {e}\n{page.evaluate(PLOT_TITLES, snippet)}")
+        shown = int(re.search(r"(?:^| \| )query (\d+) \(pid", page.evaluate(WIDGET_TEXT, snippet)).group(1))
+        page.evaluate(CENTRE_OF, [*proj, ".main-svg"])   # scrolls the projection into view
         page.wait_for_timeout(500)
-        out.screenshot(path=str(IMG / "explorer.png"))
-        page.locator(".jp-CodeCell", has_text="ct.Explorer(").scroll_into_view_if_needed()
-        page.screenshot(path=str(IMG / "jupyterlab_03.png"), full_page=True)
+        target = page.evaluate(POINT_OF, [*proj, 1, shown])   # trace 1: the queries, "before" panel
+        assert target and target["gap"] > 4, target
+        page.mouse.move(target["x"] + 20, target["y"] + 20)
+        page.mouse.move(target["x"], target["y"], steps=4)
+        page.wait_for_function(f"(a) => ({HOVERING})(a)", arg=[*proj, 1, target["j"]], timeout=30_000, polling=200)
+        page.mouse.click(target["x"], target["y"])
+        q = int(target["row"])
+        page.wait_for_function(f"([s, q]) => ({WIDGET_TEXT})(s).includes(`query ${{q}} (pid`)",
+                               arg=[snippet, q], timeout=CLICK_S * 1000, polling=300)
+        assert f"query {q} (star)" in page.evaluate(WIDGET_TEXT, snippet)   # the projection's caption follows
+        _shoot(page, snippet, "before_after.png")
+
+        # 4. the saliency sanity checks: three maps of one pair with their AUCs
+        view = ["saliency.figure()", "cos(A, B)"]
+        page.wait_for_function(f"(a) => ({VIEW_STATE})(a) !== null", arg=view, timeout=CLICK_S * 1000, polling=500)
+        _shoot(page, "saliency.figure()", "saliency_sanity.png")
         if page_errors:
             print("page errors (not failing the test):", *page_errors, sep="\n  ")
         assert "Error displaying widget" not in page.locator("body").inner_text()

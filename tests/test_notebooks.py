@@ -77,8 +77,9 @@ def test_notebook_runs_on_photos_and_a_random_vit_with_papermill(path, photo_env
     monkeypatch.setenv("CLIPTK_DATA", str(base / "data"))
     monkeypatch.chdir(REPO)   # papermill from the project root, as the README says
     out = base / f"{path.stem}.out.ipynb"
+    # execution_timeout: a cell that never reports back fails this test (naming the cell) instead of waiting forever
     pm.execute_notebook(str(path), str(out), parameters={"DATA": str(photos), **PARAMETERS}, kernel_name="python3",
-                        progress_bar=False)
+                        progress_bar=False, execution_timeout=900)
     text = "\n".join(o.get("text", "") if isinstance(o.get("text", ""), str) else "".join(o["text"])
                      for c in _cells(out) if c["cell_type"] == "code" for o in c.get("outputs", []))
     for line in SAYS.get(path.stem, []):

@@ -99,3 +99,19 @@ def test_figure_has_a_frame_per_epoch_and_exports(recorded):
     assert "animate" in html
     with pytest.raises(ValueError, match="labels"):
         plot_timelapse(lapse.embeddings, labels=["x"])
+
+
+def test_a_run_stopped_between_epochs_gets_a_last_frame_of_the_returned_model(tiny_players):
+    """max_steps inside the first epoch: frames before training and at the stop, the last one the
+    model fit returned (its embeddings are what Timelapse.record gives for that model now)."""
+    lapse = Timelapse(tiny_players.subset("query", "gallery"))
+    model = make_model("cliptk-micro", seed=0, image_only=True)
+    cfg = TrainConfig(batch_size=4, epochs=EPOCHS, max_steps=2, eval_before=False, eval_every=0, progress=False,
+                      lr=1e-3, per_epoch="identities")
+    history = fit(model, tiny_players, cfg, callbacks=[lapse])
+    assert history.stopped == "max_steps"
+    assert [f.label for f in lapse.frames] == ["before training", "step 2 (max steps)"]
+    assert lapse.frames[-1].step == 2
+    again = Timelapse(tiny_players.subset("query", "gallery")).record(model, "now")
+    np.testing.assert_allclose(lapse.frames[-1].embeddings, again.embeddings, atol=1e-6)
+    assert not np.allclose(lapse.frames[0].embeddings, lapse.frames[-1].embeddings, atol=1e-4)

@@ -1,4 +1,5 @@
-"""Tests of cliptk.widgets.Explorer: its handlers are driven directly, as plotly would call them.
+"""Tests of cliptk.widgets.Explorer (its handlers are driven directly, as plotly would call them) and of the
+CamPairPicker's explanation options.
 
 The ``toy`` dataset is built here rather than taken from conftest's ``tiny_players``: the tests
 need planted-cluster embeddings with a little overlap between identities (so both neighbour
@@ -155,3 +156,27 @@ def test_explorer_rejects_bad_arguments(toy):
         Explorer(emb, ds, proj, k=30)
     with pytest.raises(ValueError, match="has 30 rows"):
         Explorer(emb[:10], ds, proj[:10])
+
+
+def test_cam_picker_passes_the_per_device_rule_on(micro_model, tiny_players, monkeypatch):
+    """The picker's Score-CAM keeps ``top_channels="auto"`` (CamConfig's per-device rule) with and without a
+    config; Grad-CAM is the library's, exact."""
+    from cliptk.explain import CamConfig
+    from cliptk.widgets import cam_picker
+
+    seen = []
+    real = cam_picker.similarity_cam
+    monkeypatch.setattr(cam_picker, "similarity_cam", lambda *a, config, **kw: seen.append(config) or real(
+        *a, config=config, **kw))
+    test = tiny_players.subset("query", "gallery")
+    cam_picker.CamPairPicker(micro_model, test, rank_gallery=False).explain()
+    cam_picker.CamPairPicker(micro_model, test, rank_gallery=False, config=CamConfig()).explain()
+    assert [(c.method, c.fast, c.top_channels) for c in seen] == [("scorecam", True, "auto"),
+                                                                  ("scorecam", None, "auto")]
+    assert [c.for_model(micro_model).top_channels for c in seen] == [None, None]   # a tiny tower: exact
+    picker = cam_picker.CamPairPicker(micro_model, test, rank_gallery=False, top_channels=4)
+    picker.explain()
+    assert seen[-1].top_channels == 4 and seen[-1].fast is True
+    picker.method.value = "gradcam"
+    picker.explain()
+    assert (seen[-1].method, seen[-1].fast, seen[-1].top_channels) == ("gradcam", False, None)

@@ -35,8 +35,8 @@ Example:
 from __future__ import annotations
 
 import copy
-import json
 import io
+import json
 from dataclasses import dataclass, field
 from functools import lru_cache
 from pathlib import Path
@@ -197,7 +197,7 @@ class SaliencyComparison:
         from .plots import _add_overlay
 
         methods = list(self.maps)
-        titles = [f"A: {self.cam.label_a}", f"B: {self.cam.label_b}"]
+        titles = ["A", "B"]   # the images' labels are too long for a panel: they go in the title line
         for m in methods:
             f = self.faithfulness.get(m)
             titles.append(m if f is None else f"{m}<br>del {f.deletion_auc:.3f} · ins {f.insertion_auc:.3f}")
@@ -209,9 +209,12 @@ class SaliencyComparison:
             _add_overlay(fig, self.cam.image_a, self.image_map(m), 1, c, showscale=c == 2 + len(methods), **kw)
         fig.update_xaxes(visible=False)
         fig.update_yaxes(visible=False, autorange="reversed", scaleanchor="x")
-        title = f"cos(A, B) = {self.cam.similarity:.3f}" + "".join(f"<br><sub>{n}</sub>" for n in self.notes)
-        fig.update_layout(title=dict(text=title, font=dict(size=13)), height=380 + 20 * len(self.notes),
-                          width=170 * (2 + len(methods)) + 80, margin=dict(l=10, r=10, t=90, b=10),
+        title = (f"cos(A, B) = {self.cam.similarity:.3f}<br><sub>A: {self.cam.label_a} · B: {self.cam.label_b}</sub>"
+                 + "".join(f"<br><sub>{n}</sub>" for n in self.notes))
+        fig.update_annotations(font_size=12)   # the subplot titles: two lines fit a 170 px panel
+        fig.update_layout(title=dict(text=title, font=dict(size=13)), height=400 + 20 * len(self.notes),
+                          width=170 * (2 + len(methods)) + 80, margin=dict(l=10, r=10, t=110 + 20 * len(self.notes),
+                                                                           b=10),
                           plot_bgcolor="white")
         return fig
 

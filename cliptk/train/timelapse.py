@@ -3,7 +3,9 @@
 Pass a :class:`Timelapse` to :func:`cliptk.train.fit` as a callback. At ``"train_begin"`` (the
 model before this run's first step) and at every ``"epoch_end"`` it embeds the probe images — a
 few hundred held-out images, nothing of the training set, so a frame costs one forward pass over
-the probe only — and keeps the embeddings with the probe's mAP. :meth:`Timelapse.figure` animates
+the probe only — and keeps the embeddings with the probe's mAP. A run that stops between epoch
+ends (``max_steps``, a time budget, Ctrl-C) gets one more frame at ``"train_end"``, labelled with
+its step and why it stopped, so the last frame is always the model ``fit`` returned. :meth:`Timelapse.figure` animates
 the frames as one aligned projection (:func:`cliptk.viz.timelapse.plot_timelapse`: Procrustes-aligned
 PCA or AlignedUMAP, a slider and a play button, coloured by identity, mAP in the title), so one sees
 look-alike clusters split apart as training proceeds.
@@ -155,6 +157,11 @@ class Timelapse:
             last = getattr(event.get("config"), "epochs", None)
             if round(epoch) % self.every == 0 or (last is not None and round(epoch) >= last):
                 self.record(event["model"], f"epoch {epoch:g}", epoch, event.get("step", 0))
+        elif kind == "train_end":
+            step = event.get("step")
+            if self.frames and step is not None and self.frames[-1].step != step:
+                why = (event["history"].stopped or "end").replace("_", " ")
+                self.record(event["model"], f"step {step} ({why})", epoch, step)
 
     @property
     def embeddings(self) -> np.ndarray:

@@ -303,7 +303,8 @@ def plot_batch(inspection: BatchInspection | Sequence[BatchInspection], query: i
     zrange = (min(float(i.similarity.min()) for i in items), max(float(i.similarity.max()) for i in items))
     for c, ins in enumerate(items, start=1):   # one colour scale for all panels
         _add_batch(fig, ins, query, temperature, c, thumb_height, zrange)
-    fig.update_layout(height=height, width=max(560, 520 * len(items)), margin=dict(l=90, t=150, r=30, b=40),
+    # r=80: room for the colour bar's ticks; two panels stay under ~1000 px, a JupyterLab cell's width
+    fig.update_layout(height=height, width=max(560, 450 * len(items) + 50), margin=dict(l=90, t=150, r=80, b=40),
                       legend=dict(orientation="h", y=-0.08), plot_bgcolor="white")
     return fig
 
@@ -344,6 +345,7 @@ def batch_inspector(inspection: BatchInspection | Sequence[BatchInspection], que
     t0 = items[0].temperature
     fw = go.FigureWidget(plot_batch(items, query, t0, **plot_options))
     temp = widgets.FloatLogSlider(value=t0, base=10, min=-2.5, max=0.5, step=0.05, description="temperature",
+                                  style={"description_width": "initial"}, layout=widgets.Layout(width="420px"),
                                   readout_format=".3f", continuous_update=True)
     qs = widgets.IntSlider(value=items[0]._query(query), min=0, max=min(i.size for i in items) - 1, description="query")
     text = widgets.HTML("<br>".join(i.summary(t0) for i in items))

@@ -73,9 +73,12 @@ class Report:
         self._add(heading, frame.to_html(float_format=lambda v: float_format.format(v), border=0, na_rep=na_rep),
                   first)
 
-    def figure(self, heading: str | None, fig) -> None:
-        """A plotly figure (plotly.js inlined with the first one, so figures always append)."""
-        self._add(heading, fig.to_html(full_html=False, include_plotlyjs=not self._plotly_inlined), False)
+    def figure(self, heading: str | None, fig, *, note: str | None = None, **html_options) -> None:
+        """A plotly figure (plotly.js inlined with the first one, so figures always append), with
+        an optional ``note`` line under it; ``html_options`` go to ``fig.to_html`` (e.g.
+        ``auto_play=False``: an animated figure waits for its play button)."""
+        body = fig.to_html(full_html=False, include_plotlyjs=not self._plotly_inlined, **html_options)
+        self._add(heading, body + (f"<p class='note'>{html.escape(note)}</p>" if note else ""), False)
         self._plotly_inlined = True
 
     def raw(self, heading: str | None, fragment: str, *, first: bool = False) -> None:

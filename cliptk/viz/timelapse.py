@@ -162,7 +162,8 @@ def plot_timelapse(embeddings: Any, *, labels: Sequence[str] | None = None, maps
     fig = go.Figure(data=[scatter(0)],
                     frames=[go.Frame(data=[scatter(t)], name=str(t), layout=go.Layout(title_text=titled(t)))
                             for t in range(t_count)])
-    anim = dict(frame=dict(duration=duration_ms, redraw=False), transition=dict(duration=int(duration_ms * 0.8)),
+    # redraw=True: plotly applies a frame's layout (its title: label and mAP) only on a redraw
+    anim = dict(frame=dict(duration=duration_ms, redraw=True), transition=dict(duration=int(duration_ms * 0.8)),
                 mode="immediate")
     fig.update_layout(
         title_text=titled(0), width=width, height=height, plot_bgcolor="white",
@@ -174,7 +175,8 @@ def plot_timelapse(embeddings: Any, *, labels: Sequence[str] | None = None, maps
                                         args=[[None], dict(frame=dict(duration=0, redraw=False), mode="immediate")])])],
         sliders=[dict(active=0, x=0.22, len=0.78, y=-0.02, currentvalue=dict(visible=False),
                       steps=[dict(label=labels[t], method="animate",
-                                  args=[[str(t)], dict(anim, frame=dict(duration=0, redraw=False))])
+                                  args=[[str(t)], dict(anim, frame=dict(duration=int(duration_ms * 0.8),
+                                                                        redraw=True))])
                              for t in range(t_count)])],
         margin=dict(l=20, r=20, t=60, b=90))
     return fig

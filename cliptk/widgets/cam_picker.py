@@ -37,8 +37,14 @@ class CamPairPicker:
         rank_gallery: order the gallery by similarity to the query (embeds both splits once with
             :func:`cliptk.embed`); otherwise keep dataset order.
         symmetric: start with B's map shown too.
-        config, options: a :class:`cliptk.explain.CamConfig` and/or its fields; without ``config``
-            Score-CAM uses the exact fast path unless ``fast=False`` is given.
+        config, options: a :class:`cliptk.explain.CamConfig` and/or its fields. Without
+            ``config``, Score-CAM takes cliptk's fast path (``fast=True``) with the config's
+            default ``top_channels="auto"``: exact on cliptk's tiny towers and on a CUDA device,
+            approximate (channel groups) for a large tower on the CPU, where an exact map takes
+            minutes (:meth:`cliptk.explain.CamConfig.for_model`). ``top_channels=None`` is exact
+            everywhere, ``top_channels=16`` always approximate, ``fast=False`` the library's
+            Score-CAM. Grad-CAM (the method toggle) always runs the library and is always exact.
+            No progress bar (``progress=False``): the status line says when a map is being made.
 
     Attributes:
         result: the last :class:`SimilarityCam` (``None`` before the first).
@@ -56,6 +62,9 @@ class CamPairPicker:
         self.model, self.dataset = model, dataset
         if config is None:
             options.setdefault("fast", True)
+            # the status line says "explaining…"; a tqdm bar would be a widget inside the Output widget,
+            # which Jupyter clients handle badly (a papermill run of notebook 04 on ViT-S-32 waited forever)
+            options.setdefault("progress", False)
         self.config = CamConfig.from_options(config, **{k: v for k, v in options.items() if k != "method"})
         splits = dataset.splits
         self.query_rows = np.flatnonzero(splits == query_split)
@@ -129,9 +138,10 @@ class CamPairPicker:
         g = self.gallery.value if gallery is None else int(gallery)
         key = (q, g, self.method.value, bool(self.symmetric.value))
         if key not in self._cache:
-            fast = self.config.fast and self.method.value == "scorecam"
-            cfg = CamConfig.from_options(self.config, method=self.method.value, fast=fast,
-                                         top_channels=self.config.top_channels if fast else None)
+            scorecam = self.method.value == "scorecam"   # Grad-CAM: the library, exact
+            cfg = CamConfig.from_options(self.config, method=self.method.value,
+                                         fast=self.config.fast if scorecam else False,
+                                         top_channels=self.config.top_channels if scorecam else None)
             if len(self._cache) >= 64:
                 self._cache.pop(next(iter(self._cache)))
             self._cache[key] = similarity_cam(self.model, q, g, dataset=self.dataset,
