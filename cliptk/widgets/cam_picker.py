@@ -62,9 +62,7 @@ class CamPairPicker:
         self.model, self.dataset = model, dataset
         if config is None:
             options.setdefault("fast", True)
-            # the status line says "explaining…"; a tqdm bar would be a widget inside the Output widget,
-            # which Jupyter clients handle badly (a papermill run of notebook 04 on ViT-S-32 waited forever)
-            options.setdefault("progress", False)
+            options.setdefault("progress", False)   # the status line says "explaining…"
         self.config = CamConfig.from_options(config, **{k: v for k, v in options.items() if k != "method"})
         splits = dataset.splits
         self.query_rows = np.flatnonzero(splits == query_split)
@@ -94,14 +92,16 @@ class CamPairPicker:
                                             value=options.get("method", "scorecam"), description="method")
         self.symmetric = widgets.Checkbox(value=symmetric, description="map of B too", indent=False)
         self.status = widgets.HTML()
-        self.output = widgets.Output()
+        # the figure is a FigureWidget child of this box, replaced per pair: no Output widget capturing a display
+        # (papermill runs of notebook 04 hung there, the kernel idle and its outputs never reaching the client)
+        self.view = widgets.Box()
         self._fill_gallery()
         widgets.link((self.rank, "value"), (self.gallery, "index"))
         self.query.observe(self._on_query, names="value")
         for w in (self.gallery, self.method, self.symmetric):
             w.observe(lambda _change: self._render(), names="value")
         self.widget = widgets.VBox([widgets.HBox([self.query, self.gallery, self.rank]),
-                                    widgets.HBox([self.method, self.symmetric]), self.status, self.output])
+                                    widgets.HBox([self.method, self.symmetric]), self.status, self.view])
 
     # --- gallery ordering --------------------------------------------------------------------------
     def _fill_gallery(self) -> None:
@@ -162,9 +162,9 @@ class CamPairPicker:
         same = pids[self.query.value] == pids[self.gallery.value]
         self.status.value = (f"similarity <b>{cam.similarity:.3f}</b> — "
                              f"{'same identity' if same else 'different identities'}")
-        with self.output:
-            self.output.clear_output(wait=True)
-            display(self.figure)
+        import plotly.graph_objects as go   # loaded with the first figure, as cam.figure() loads plotly
+
+        self.view.children = [go.FigureWidget(self.figure)]
         for callback in self._callbacks:
             callback(cam)
 
