@@ -45,9 +45,11 @@ from cliptk.train import PairImages, fit, joint_flip, load_config, make_sampler,
 ROOT = Path(__file__).resolve().parents[1]
 
 
-def bare_loop(model, view, train, cfg, steps: int) -> list[float]:
+def bare_loop(model, train, cfg, steps: int) -> list[float]:
     """The reference: a plain loop over the same batches (forward, loss, backward, AdamW step, and
-    nothing else); returns per-step wall times (s)."""
+    nothing else); returns per-step wall times (s). Like ``fit``, it starts with an empty image
+    cache (a cache shared across runs once made the bare loop skip the decoding ``fit`` pays)."""
+    view = PairImages(train, model.preprocess, cache=cfg.cache_images)
     sampler = make_sampler(train, cfg)
     loader = DataLoader(view, batch_sampler=sampler, num_workers=cfg.num_workers)
     params = [p for p in model.parameters() if p.requires_grad]
@@ -79,7 +81,6 @@ def bare_loop(model, view, train, cfg, steps: int) -> list[float]:
 def throughput(base, train, cfg, steps: int, rounds: int) -> tuple[float, float, dict[str, list[float]]]:
     """images/s of fit and of :func:`bare_loop` over ``steps`` steps each (the first, warm-up step
     dropped), alternated ``rounds`` times on fresh copies of ``base``; returns the means and runs."""
-    view = PairImages(train, base.preprocess, cache=cfg.cache_images)
     quick = cfg.replace(max_steps=steps, max_minutes=None, output_dir=None, eval_before=False, progress=False)
     imgs = 2 * cfg.batch_size
     rates: dict[str, list[float]] = {"fit": [], "bare": []}
@@ -87,7 +88,7 @@ def throughput(base, train, cfg, steps: int, rounds: int) -> tuple[float, float,
         h = fit(copy.deepcopy(base), train, quick)
         secs = h.steps["seconds"].diff().to_numpy()[1:]   # per-step times, the first (warm-up) step dropped
         rates["fit"].append(imgs * len(secs) / secs.sum())
-        times = bare_loop(copy.deepcopy(base), view, train, cfg, steps)[1:]
+        times = bare_loop(copy.deepcopy(base), train, cfg, steps)[1:]
         rates["bare"].append(imgs * len(times) / sum(times))
     return float(np.mean(rates["fit"])), float(np.mean(rates["bare"])), rates
 

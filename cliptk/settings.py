@@ -8,11 +8,12 @@ set them at any time. This module holds the one smoke rule for a training run
 
 Example:
     >>> import os
-    >>> os.environ["CLIPTK_SMOKE"] = "1"
-    >>> pick(full=4, smoke=1)
+    >>> from unittest import mock
+    >>> with mock.patch.dict(os.environ, {"CLIPTK_SMOKE": "1"}):
+    ...     pick(full=4, smoke=1)
     1
-    >>> del os.environ["CLIPTK_SMOKE"]
-    >>> pick(full=4, smoke=1)
+    >>> with mock.patch.dict(os.environ, {"CLIPTK_SMOKE": ""}):
+    ...     pick(full=4, smoke=1)
     4
 """
 from __future__ import annotations
@@ -49,14 +50,15 @@ def smoke_run(config, keep: tuple[str, ...] | set[str] = ()):
     the user set with ``--set``) are left as they are.
 
     Example:
-        >>> from types import SimpleNamespace
+        >>> from unittest import mock
         >>> @dataclasses.dataclass
         ... class C:
         ...     max_steps: int | None = None
         ...     epochs: int = 10
         ...     eval_every: int = 2
         ...     batch_size: int = 64
-        >>> os.environ["CLIPTK_SMOKE"] = "1"; smoke_run(C()); del os.environ["CLIPTK_SMOKE"]
+        >>> with mock.patch.dict(os.environ, {"CLIPTK_SMOKE": "1"}):
+        ...     smoke_run(C())
         C(max_steps=6, epochs=1, eval_every=1, batch_size=16)
     """
     if not is_smoke():

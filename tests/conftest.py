@@ -7,6 +7,7 @@ init, image tower only), ``rn_model`` (``cliptk-tiny-rn`` with calibrated batch-
 """
 from __future__ import annotations
 
+import os
 from pathlib import Path
 
 import pytest
@@ -18,6 +19,24 @@ CHROMIUM = Path("/usr/bin/chromium")
 # no sandbox (CI runs as root), no GPU, and nothing that reaches the network on its own
 CHROMIUM_ARGS = ["--no-sandbox", "--disable-gpu", "--disable-background-networking", "--disable-component-update",
                  "--disable-sync", "--no-first-run"]
+
+
+# `make test` runs the doctests, these tests and the notebooks in one process under CLIPTK_SMOKE=1;
+# a doctest or test that changes it (it once did: `del os.environ[...]`) runs everything after it in
+# full mode, an hour instead of minutes, silently. Read at collection, before any test ran.
+_SMOKE_AT_START = os.environ.get("CLIPTK_SMOKE")
+
+
+@pytest.fixture(autouse=True)
+def _smoke_mode_unchanged():
+    """Fail the first test that sees CLIPTK_SMOKE changed (by an earlier doctest or by itself)."""
+    assert os.environ.get("CLIPTK_SMOKE") == _SMOKE_AT_START, (
+        f"CLIPTK_SMOKE is {os.environ.get('CLIPTK_SMOKE')!r}, was {_SMOKE_AT_START!r} when the run started: "
+        "an earlier doctest or test changed it (use monkeypatch.setenv or mock.patch.dict)")
+    yield
+    assert os.environ.get("CLIPTK_SMOKE") == _SMOKE_AT_START, (
+        f"this test left CLIPTK_SMOKE at {os.environ.get('CLIPTK_SMOKE')!r} (was {_SMOKE_AT_START!r}); "
+        "use monkeypatch.setenv or mock.patch.dict")
 
 
 def make_model(name: str = "cliptk-micro", seed: int = 0, **kwargs) -> ct.ClipModel:
