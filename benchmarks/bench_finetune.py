@@ -1,9 +1,12 @@
 """Benchmark the fine-tuning engine on the embedded default (not a test).
 
-Prints, for the bundled tiny CLIP on the synthetic players (2 CPU threads by default):
+Prints, for the bundled tiny CLIP on the synthetic players (2 CPU threads by default), or any
+config's model and data (``--config``, ``--model``, ``--pretrained``):
 
 1. zero-shot mAP / rank-1 on the query/gallery split;
 2. the same after fine-tuning with ``configs/cpu_tiny.yaml`` within ``--minutes``, and the wall time;
+   with ``--scratch`` (the default) also the same config, budget and seed from a random-init model
+   of the same architecture (does pre-training matter?);
 3. training throughput (images/s) of :func:`cliptk.train.fit` divided by that of a bare
    hand-written loop of the same steps (same model, same batches and flips, same loss, AdamW; no
    finite guards, schedule, History, callbacks or checkpoints), measured side by side in this run,
@@ -11,7 +14,11 @@ Prints, for the bundled tiny CLIP on the synthetic players (2 CPU threads by def
    (it always is: the loss value and the gradients' norm reach the host in one transfer per step).
    The bare loop is built from cliptk.train's public pieces (``make_sampler``, ``PairImages``,
    ``joint_flip``), so the ratio is the cost of everything ``Trainer.step`` adds around the loss.
-   ``--throughput-only`` measures just this (a few minutes on a CPU).
+   ``--throughput-only`` measures just this (a few minutes on a CPU);
+4. zero-shot shirt-number reading of the query images with the full model (text tower included):
+   with the captions' template (:func:`cliptk.metadata.probe_numbers`, the wording the bundled
+   model card names) and with a wording never used in its pre-training (:data:`NOVEL_NUMBER_PROMPT`),
+   chance 1 % (skipped on data without a ``number`` column or a model without a text tower).
 
 Targets: fine-tuned mAP >= 0.90 and >= 10 points above zero-shot within 5 minutes; throughput
 ratio >= 0.95.
@@ -37,12 +44,38 @@ import numpy as np
 import torch
 from torch.utils.data import DataLoader
 
-from cliptk.evaluate import evaluate
+from cliptk import metadata
+from cliptk.evaluate import evaluate, zero_shot_probe
 from cliptk.losses import make_loss
+from cliptk.models import load_model
 from cliptk.recipes import dataset_from_config, load_from_config
 from cliptk.train import PairImages, fit, joint_flip, load_config, make_sampler, train_rows
 
 ROOT = Path(__file__).resolve().parents[1]
+#: a number prompt the bundled model never saw in pre-training (its captions: cliptk.synthetic
+#: CAPTION_TEMPLATE and the alt-text templates of scripts/pretrain_tiny_clip.py)
+NOVEL_NUMBER_PROMPT = "the player wearing shirt {number}"
+
+
+def number_probes(cfg, data) -> tuple[float, float, float] | None:
+    """Zero-shot shirt-number accuracy on the query split with the config's model loaded whole
+    (text tower included): (captions' template, novel wording, chance); None when the data has no
+    number column or the model no text tower."""
+    query = data.subset(cfg.query_split)
+    if metadata.number_column(query) is None or cfg.pretrained in (None, "none"):
+        return None
+    try:
+        clip = load_model(cfg.model, cfg.pretrained, image_only=False, resize=cfg.resize)
+    except (ValueError, KeyError) as e:   # a checkpoint of the image tower only
+        print(f"number probe skipped: {e}")
+        return None
+    template = metadata.probe_numbers(clip, query, progress=False)
+    if template is None:
+        return None
+    column = metadata.number_column(query)
+    novel = zero_shot_probe(clip, query, column, {n: NOVEL_NUMBER_PROMPT.format(number=n) for n in range(100)},
+                            progress=False)
+    return template.accuracy, novel.accuracy, template.chance
 
 
 def bare_loop(model, train, cfg, steps: int) -> list[float]:
@@ -117,6 +150,8 @@ def main() -> None:
     ap.add_argument("--rounds", type=int, default=2, help="fit / bare alternations of the throughput measurement")
     ap.add_argument("--batch-size", type=int, default=None, help="override the config's batch size (pairs)")
     ap.add_argument("--throughput-only", action="store_true", help="only the fit / bare-loop throughput table")
+    ap.add_argument("--scratch", action=argparse.BooleanOptionalAction, default=True,
+                    help="also fine-tune a random-init model of the same architecture with the same config and budget")
     ap.add_argument("--out", default=str(ROOT / "runs" / "bench_finetune"))
     args = ap.parse_args()
 
@@ -155,6 +190,12 @@ def main() -> None:
     zero_other = evaluate(base, data, query=cfg.query_split, gallery=cfg.gallery_split, flip=other, progress=False)
     final_other = evaluate(model, data, query=cfg.query_split, gallery=cfg.gallery_split, flip=other, progress=False)
     steps = history.steps
+    scratch = None
+    if args.scratch:
+        torch.manual_seed(cfg.seed)
+        scratch_cfg = cfg.replace(pretrained=None, output_dir=str(Path(args.out) / "scratch"))
+        scratch = fit(load_from_config(scratch_cfg), data, scratch_cfg, eval_data=data)
+    probes = number_probes(cfg, data)
 
     print("\nevaluations during fine-tuning:")
     print(history.evals[["epoch", "step", "mAP", "rank1", "seconds"]].to_string(index=False))
@@ -165,6 +206,11 @@ def main() -> None:
         ("gain (mAP points)", f"{gain:+.1f}"),
         (f"{'with' if other else 'without'} flip averaging: zero-shot / fine-tuned mAP",
          f"{zero_other.mAP:.4f} / {final_other.mAP:.4f}"),
+        *([("same config from random init: fine-tuned mAP / rank-1",
+             f"{scratch.final['mAP']:.4f} / {scratch.final['rank1']:.4f}  ({len(scratch.steps)} steps)")]
+          if scratch is not None else []),
+        *([(f"zero-shot shirt numbers: captions' template / novel wording ({NOVEL_NUMBER_PROMPT!r})",
+            f"{probes[0]:.3f} / {probes[1]:.3f}  (chance {probes[2]:.3f})")] if probes is not None else []),
         ("fine-tuning wall time", f"{wall / 60:.2f} min ({len(steps)} steps, epoch {final['epoch']:.2f}, "
                                   f"stopped: {history.stopped or 'all epochs done'})"),
         ("fit throughput", f"{fit_ips:.1f} images/s  (runs: {', '.join(f'{r:.1f}' for r in rates['fit'])})"),
@@ -181,6 +227,10 @@ def main() -> None:
         f"all epochs within {args.minutes:g} minutes": history.stopped != "max_minutes",
         "throughput ratio >= 0.95": fit_ips / bare_ips >= 0.95,
     }
+    if scratch is not None:
+        checks["random init >= 10 points below"] = final["mAP"] - scratch.final["mAP"] >= 0.10
+    if probes is not None:
+        checks["number probe (template) >= 0.50"] = probes[0] >= 0.50
     print("\n" + "\n".join(f"[{'PASS' if ok else 'MISS'}] {name}" for name, ok in checks.items()))
 
 
