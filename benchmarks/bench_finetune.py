@@ -62,17 +62,17 @@ def number_probes(cfg, data) -> tuple[float, float, float] | None:
     (text tower included): (captions' template, novel wording, chance); None when the data has no
     number column or the model no text tower."""
     query = data.subset(cfg.query_split)
-    if metadata.number_column(query) is None or cfg.pretrained in (None, "none"):
+    column = metadata.number_column(query)
+    if column is None or cfg.pretrained in (None, "none"):
         return None
     try:
         clip = load_model(cfg.model, cfg.pretrained, image_only=False, resize=cfg.resize)
     except (ValueError, KeyError) as e:   # a checkpoint of the image tower only
         print(f"number probe skipped: {e}")
         return None
-    template = metadata.probe_numbers(clip, query, progress=False)
+    template = metadata.probe_numbers(clip, query, column=column, progress=False)
     if template is None:
         return None
-    column = metadata.number_column(query)
     novel = zero_shot_probe(clip, query, column, {n: NOVEL_NUMBER_PROMPT.format(number=n) for n in range(100)},
                             progress=False)
     return template.accuracy, novel.accuracy, template.chance
