@@ -22,10 +22,14 @@ Recipe (DESIGN.md §4, issue 15), a miniature of web CLIP pre-training:
 * every ``--eval-every`` steps: an ``EVAL`` line, the learning curve (``<out>.curve.json``), the model
   (``<out>``, fp16 safetensors via ``ct.save_model``) and a resumable checkpoint (``<out>.ckpt.pt``: model,
   optimiser, step, RNG). ``--resume`` continues from it.
+* ``--init CKPT``: a second stage, starting from an earlier run's weights (its ``.ckpt.pt``) with a
+  fresh optimiser and schedule; the caption stream continues at that run's step (new renders), and the
+  curve and metadata record the stage it came from.
 
     python scripts/pretrain_tiny_clip.py --steps 6000 --threads 1        # a full run
     python scripts/pretrain_tiny_clip.py --steps 6000 --threads 1 --resume   # continue after an interruption
     python scripts/pretrain_tiny_clip.py --steps 40 --eval-every 20 --out /tmp/t.safetensors   # a quick look
+    python scripts/pretrain_tiny_clip.py --init run1/model.ckpt.pt --steps 3000 --out run2/model.safetensors
 """
 from __future__ import annotations
 
@@ -339,6 +343,9 @@ def main(argv=None):
     ap.add_argument("--eval-every", type=int, default=250, help="steps between EVAL lines and checkpoints")
     ap.add_argument("--log-every", type=int, default=25)
     ap.add_argument("--resume", action="store_true", help="continue from <out>.ckpt.pt")
+    ap.add_argument("--init", type=Path, default=None,
+                    help="a second stage: start from this earlier run's .ckpt.pt (weights only; fresh optimiser "
+                         "and schedule, the caption stream continuing at its step)")
     ap.add_argument("--show-captions", type=int, default=0, help="print N example captions and exit")
     ap.add_argument("--out", type=Path, default=ct.settings.data_dir() / ct.models.BUNDLED[("cliptk-tiny", "synthetic-players")])
     args = ap.parse_args(argv)
@@ -363,12 +370,21 @@ def main(argv=None):
     ckpt_path = args.out.with_name(args.out.stem + ".ckpt.pt")
     curve_path = args.out.with_suffix(".curve.json")
     start, curve, cpu_before, wall_before = 0, [], 0.0, 0.0
+    offset = 0   # the caption stream's first batch: a second stage continues its first stage's stream
+    if args.init is not None:
+        if args.resume:
+            ap.error("--init starts a new stage; --resume continues one (pass only one of them)")
+        first = torch.load(args.init, weights_only=False, map_location="cpu")
+        ct.models.load_state(model, first["model"], source=str(args.init))
+        offset = int(first["step"])
+        print(f"second stage from {args.init} (its step {offset}, args {first['args']})", flush=True)
     if args.resume:
         ck = torch.load(ckpt_path, weights_only=False)
         ct.models.load_state(model, ck["model"], source=str(ckpt_path))
         opt.load_state_dict(ck["opt"])
         torch.set_rng_state(ck["torch_rng"])
         start, curve, cpu_before, wall_before = ck["step"], ck["curve"], ck["cpu_s"], ck["wall_s"]
+        offset = int(ck.get("offset", 0))
         if ck["args"]["steps"] != args.steps or ck["args"]["seed"] != args.seed:
             print(f"note: checkpoint was made with steps={ck['args']['steps']} seed={ck['args']['seed']}", flush=True)
         print(f"resumed from {ckpt_path} at step {start}", flush=True)
@@ -377,7 +393,7 @@ def main(argv=None):
     run_args = {k: str(v) for k, v in vars(args).items()}
     args.out.parent.mkdir(parents=True, exist_ok=True)
 
-    stream = CaptionStream(players, args.batch, args.seed, start, model.preprocess, model.tokenizer,
+    stream = CaptionStream(players, args.batch, args.seed, offset + start, model.preprocess, model.tokenizer,
                            args.hard_fraction, args.p_template, args.p_number)
     loader = DataLoader(stream, batch_size=None, num_workers=args.workers,
                         prefetch_factor=4 if args.workers else None, persistent_workers=args.workers > 0)
@@ -397,7 +413,7 @@ def main(argv=None):
         tmp = ckpt_path.with_name(ckpt_path.name + ".tmp")
         torch.save({"model": model.state_dict(), "opt": opt.state_dict(), "step": step, "curve": curve,
                     "torch_rng": torch.get_rng_state(), "cpu_s": cpu_s(), "wall_s": wall_before + time.time() - t0,
-                    "args": vars(args) | {"out": str(args.out)}}, tmp)
+                    "offset": offset, "args": vars(args) | {"out": str(args.out)}}, tmp)
         os.replace(tmp, ckpt_path)
 
     def eval_row(step, loss):
