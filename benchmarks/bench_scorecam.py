@@ -26,12 +26,13 @@ as smooth as a CAM (noise on the layer's grid). On a random-init model they mean
 ``--towers NAME[:PRETRAINED],...`` runs the agreement table instead (issue 16 item 5): for each tower
 (cliptk's or any open_clip architecture; random init unless a tag / checkpoint follows the colon or
 ``--checkpoint`` is given; random-init ResNets get calibrated BN), ``--queries``
-queries x ``--gallery`` gallery images (20 pairs by default), the exact fast path against the
-approximate mode at each ``--fractions`` of the channel count (default 1/8 and 1/16: the issue allows
-at most 1/8 of the exact masked passes). It prints the images through the image tower per query (exact = one masked image per channel, plus
-the query and its gallery images),
-wall seconds per query, the ratio of both, and the median / worst Pearson r over the pairs against the
-exact map (goal: median >= 0.95, worst >= 0.85). Exact maps of a real tower are expensive on a CPU (ViT-B-32
+queries x ``--gallery`` gallery images (20 pairs by default), the exact fast path against each
+approximate method of ``--approx`` (``CamConfig.approx``: ``gradient`` and ``groups``) at each
+``--fractions`` of the channel count (default 1/8 and 1/16: the issue allows at most 1/8 of the exact
+masked passes). The approximate maps are computed one pair per call, as in interactive use. It prints
+the masked images through the image tower per pair (exact = one per channel; A and B themselves are
+not counted), wall seconds per pair (exact: one pair per call too), the ratios of both, and the
+median / worst Pearson r over the pairs against the exact map (goal: median >= 0.95, worst >= 0.85). Exact maps of a real tower are expensive on a CPU (ViT-B-32
 at 224 px: 768 masked images per query; RN50: 2048):
 
     python benchmarks/bench_scorecam.py --towers cliptk-tiny:synthetic-players,cliptk-tiny,cliptk-tiny-rn
@@ -157,7 +158,7 @@ def bench(model: ClipModel, query, gallery, library_pairs: int, args) -> tuple[l
         row("library ScoreCAM, 1 call/pair", m_lib, k, 1.0, None, aucs("fast")),
         row("fast exact, 1 pair", m_one, k, r_lib(one), None, nan2),
         row(f"fast exact, {n} maps in 1 pass", m_fast, n, r_lib(fast), r_fast(fast), aucs("fast")),
-        *[row(f"approx {cams[0].channels} groups/{fast[0].channels} ch, {n} maps", m, n, r_lib(cams), r_fast(cams),
+        *[row(f"approx {cams[0].channels}/{fast[0].channels} masked, {n} maps", m, n, r_lib(cams), r_fast(cams),
               aucs("approx") if i == 0 else nan2) for i, (_, cams, m) in enumerate(approxes)],
         row("Grad-CAM, 1 call/pair", m_grad, n, r_lib(grad), r_fast(grad), aucs("grad")),
         ("random smooth order", np.nan, np.nan, np.nan, np.nan, np.nan, None, *rand),
@@ -176,36 +177,40 @@ def bench(model: ClipModel, query, gallery, library_pairs: int, args) -> tuple[l
 
 
 def agreement(name: str, weights: str | None, args) -> list[str]:
-    """Rows of the agreement table for one tower: exact fast path vs approximate groups."""
+    """Rows of the agreement table for one tower: the exact fast path against each approximate
+    method (``--approx``) at each budget (``--fractions``), one pair per call as in interactive use."""
     model = ct.load_model(name, weights, image_only=True)
     if weights is None and model.tower_type == "resnet":
         calibrate_batchnorm(model)
     meter = Meter(model)
     pairs = [players(args.gallery, seed=q) for q in range(args.queries)]
     similarity_cams(model, pairs[0][0], pairs[0][1][:1], top_channels=2, batch_size=args.batch_size)   # warm-up
-    exact, cost_exact = [], [0.0, 0]
+    exact, wall_exact = [], 0.0
     for query, gallery, _ in pairs:
-        cams, (wall, _cpu, images) = meter.once(
-            lambda: similarity_cams(model, query, gallery, top_channels=None, batch_size=args.batch_size))
-        exact.append(cams)
-        cost_exact[0] += wall
-        cost_exact[1] += images
+        exact.append(similarity_cams(model, query, gallery, top_channels=None, batch_size=args.batch_size))
+        _, (wall, _cpu, _images) = meter.once(      # one exact pair, as the interactive case computes it
+            lambda: similarity_cams(model, query, gallery[:1], top_channels=None, batch_size=args.batch_size))
+        wall_exact += wall
     channels = exact[0][0].channels
     n_q, n_pairs = len(pairs), sum(len(g) for _, g, _ in pairs)
+    wall_exact /= n_q
     init = "random init" if weights is None else weights
     rows = [f"| {name} ({model.tower_type}, {init}, {model.image_size[0]}x{model.image_size[1]}) | {channels} | exact | "
-            f"{cost_exact[1] / n_q:.0f} | {cost_exact[0] / n_q:.1f} | 1 | 1 | 1 | 1 |"]
-    for frac in args.fractions:
-        groups = max(1, int(channels * frac))
-        wall_sum, img_sum, rs = 0.0, 0, []
-        for (query, gallery, _), ref in zip(pairs, exact):
-            cams, (wall, _cpu, images) = meter.once(
-                lambda: similarity_cams(model, query, gallery, top_channels=groups, batch_size=args.batch_size))
-            wall_sum, img_sum = wall_sum + wall, img_sum + images
-            rs += [pearson(c.input_map_a, e.input_map_a) for c, e in zip(cams, ref)]
-        rows.append(f"| | | {groups} groups (1/{round(1 / frac)}) | {img_sum / n_q:.0f} | {wall_sum / n_q:.1f} "
-                    f"| {cost_exact[1] / img_sum:.1f}x | {cost_exact[0] / wall_sum:.1f}x "
-                    f"| {np.median(rs):.3f} | {min(rs):.3f} |")
+            f"{channels} | {wall_exact:.2f} | 1 | 1 | 1 | 1 |"]
+    for method in args.approx:
+        for frac in args.fractions:
+            budget = max(1, int(channels * frac))
+            wall_sum, masked, rs = 0.0, 0, []
+            for (query, gallery, _), ref in zip(pairs, exact):
+                for g, e in zip(gallery, ref):
+                    cams, (wall, _cpu, images) = meter.once(
+                        lambda: similarity_cams(model, query, [g], top_channels=budget, approx=method,
+                                                batch_size=args.batch_size))
+                    wall_sum, masked = wall_sum + wall, masked + images - 2   # minus A and B themselves
+                    rs.append(pearson(cams[0].input_map_a, e.input_map_a))
+            rows.append(f"| | | {method} {budget} (1/{round(1 / frac)}) | {masked / n_pairs:.1f} | {wall_sum / n_pairs:.2f} "
+                        f"| {channels * n_pairs / masked:.1f}x | {wall_exact * n_pairs / wall_sum:.1f}x "
+                        f"| {np.median(rs):.3f} | {min(rs):.3f} |")
     print(f"  ({name}: {n_q} queries x {args.gallery} gallery = {n_pairs} pairs)", flush=True)
     return rows
 
@@ -233,6 +238,8 @@ def main() -> None:
     parser.add_argument("--queries", type=int, default=2, help="agreement table: queries (x --gallery = pairs)")
     parser.add_argument("--fractions", default="0.125,0.0625",
                         help="agreement table: channel groups as fractions of the channel count")
+    parser.add_argument("--approx", default="gradient,groups",
+                        help="agreement table: approximate methods (CamConfig.approx), comma-separated")
     parser.add_argument("--batch-size", type=int, default=32, help="masked images per forward pass")
     args = parser.parse_args()
     args.top_channels = [float(f) if "." in f else int(f) for f in args.top_channels.split(",")]
@@ -240,10 +247,11 @@ def main() -> None:
     torch.manual_seed(0)
     if args.towers:
         args.fractions = [float(f) for f in args.fractions.split(",")]
+        args.approx = args.approx.split(",")
         start = time.perf_counter()
         print(f"Score-CAM agreement, approximate vs exact fast path, {torch.get_num_threads()} CPU threads, "
               f"load average {os.getloadavg()[0]:.1f}")
-        table = ["| tower | channels | mode | tower img/query | wall s/query | img ratio | wall ratio "
+        table = ["| tower | channels | mode | masked img/pair | wall s/pair | pass ratio | wall ratio "
                  "| median r | worst r |", "| --- | --- | --- | --- | --- | --- | --- | --- | --- |"]
         for spec in args.towers.split(","):
             name, _, tag = spec.partition(":")

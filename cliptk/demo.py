@@ -144,7 +144,7 @@ def run_demo(out: Path = Path("runs/demo"), data: str | Path | None = None, minu
     report.table("Embedding numbers", pd.concat({"zero-shot": viz.embedding_report(emb_before, test),
                                                  "fine-tuned": viz.embedding_report(emb_after, test)}, axis=1))
 
-    say("6/6 explaining pairs with Score-CAM" + (f" (approximate: {top_channels} channel groups)" if isinstance(top_channels, (int, float)) else ""))
+    say("6/6 explaining pairs with Score-CAM" + (f" (approximate: {top_channels} masked images per map)" if isinstance(top_channels, (int, float)) else ""))
     q_emb, g_emb = emb_after[: len(query)], emb_after[len(query):]
     n_pairs = pick(6, 2)
     for kind in ("top_matches", "hardest_wrong"):

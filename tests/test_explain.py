@@ -295,7 +295,7 @@ def test_approximate_mode_scores_one_image_per_group(micro_model, images):
     try:
         exact = similarity_cams(micro_model, images[0], images[1:1 + n_b])
         n_exact, seen[0] = seen[0], 0
-        approx = similarity_cams(micro_model, images[0], images[1:1 + n_b], top_channels=k)
+        approx = similarity_cams(micro_model, images[0], images[1:1 + n_b], top_channels=k, approx="groups")
         n_approx = seen[0]
     finally:
         handle.remove()
@@ -329,11 +329,18 @@ def test_approximate_mode_is_exact_for_copied_channels(micro_model, images):
         with layers._cam_mode(micro_model):
             exact, n = scorecam._fast_maps(micro_model, x, acts, refs, CamConfig(), 30.0)
             n_exact, seen[0] = seen[0], 0
-            grouped, k = scorecam._fast_maps(micro_model, x, acts, refs, CamConfig(top_channels=4), 30.0)
+            grouped, k = scorecam._fast_maps(micro_model, x, acts, refs, CamConfig(top_channels=4, approx="groups"),
+                                             30.0)
+            n_grouped, seen[0] = seen[0], 0
+            # gradient mode, 6 images: the blank one, 4 groups (4 = 5 - 5 // 4) and 1 exact channel per B
+            graded, k_graded = scorecam._fast_maps(micro_model, x, acts, refs, CamConfig(top_channels=6), 30.0)
     finally:
         handle.remove()
-    assert (n, n_exact) == (20, 18 + 1) and (k, seen[0]) == (4, 4 + 1)
+    assert (n, n_exact) == (20, 18 + 1) and (k, n_grouped) == (4, 4 + 1)
     assert np.abs(grouped - exact).max() < 1e-4
+    # a group of copies has no first-order correction (every member's mask is the group's mask)
+    assert k_graded == 6 and 4 + 1 + 1 <= seen[0] <= 4 + 1 + len(refs)
+    assert np.abs(graded - exact).max() < 1e-4
 
 
 @pytest.mark.parametrize("model_name, groups", [("tiny_model", 8), ("rn_model", 16)])
@@ -346,9 +353,86 @@ def test_approximate_mode_agrees_with_exact(model_name, groups, request):
     rng = np.random.default_rng(0)
     players = [render_player(p, rng, camera=1) for p in make_players(6, seed=0)]
     exact = similarity_cams(model, players[0], players[1:])
-    approx = similarity_cams(model, players[0], players[1:], top_channels=groups)
+    approx = similarity_cams(model, players[0], players[1:], top_channels=groups, approx="groups")
     assert approx[0].channels == groups
     assert np.median([pearson(a.input_map_a, e.input_map_a) for a, e in zip(approx, exact)]) >= 0.98
+
+
+def test_gradient_mode_with_the_whole_budget_is_exact(micro_model, images):
+    """``approx="gradient"`` with a budget of every channel is the exact fast path (the same map)."""
+    exact = similarity_cams(micro_model, images[0], images[1:3])
+    full = similarity_cams(micro_model, images[0], images[1:3], top_channels=1.0, approx="gradient")
+    assert full[0].method == "scorecam-approx" and full[0].channels == exact[0].channels
+    for f, e in zip(full, exact):
+        assert np.allclose(f.map_a, e.map_a, atol=1e-6)
+
+
+def test_gradient_mode_stays_within_the_budget(micro_model, images):
+    """One pair costs A, B and at most ``k`` masked images at the image tower (the group images pass
+    once, with gradients); several B's share the group images and embed the union of their exact
+    channels once, and each map equals its pair's own map (independent of the other B's)."""
+    n_channels = micro_model.visual.transformer.width
+    seen, handle = count_images(micro_model)
+    try:
+        for k in (1, 2, 4, 5, 8, n_channels // 8):
+            seen[0] = 0
+            one = similarity_cams(micro_model, images[0], images[1:2], top_channels=k)
+            assert one[0].channels <= k and seen[0] <= 2 + k, (k, seen[0])
+        k, n_b = 8, 3
+        seen[0] = 0
+        many = similarity_cams(micro_model, images[0], images[1:1 + n_b], top_channels=k)
+        groups = k - k // 4
+        assert seen[0] <= 1 + n_b + groups + n_b * (k - groups)
+    finally:
+        handle.remove()
+    for i, cam in enumerate(many):
+        alone = similarity_cams(micro_model, images[0], [images[1 + i]], top_channels=k)[0]
+        assert np.abs(cam.input_map_a - alone.input_map_a).max() < 1e-4
+
+
+def test_gradient_mode_first_order_prediction(micro_model, images):
+    """Without exact channels (``k <= 3``), each channel's score is its group's score plus the
+    gradient of that score along the channel's mask offset: checked against a central finite
+    difference of the group image's score (private ``_gradient_scores``: the public result only
+    reports maps)."""
+    x = micro_model.preprocess(images[0])
+    refs = F.normalize(micro_model(torch.stack([micro_model.preprocess(i) for i in images[1:3]])).detach(), dim=-1).T
+    g = torch.Generator().manual_seed(2)
+    acts = torch.randn(10, 4, 2, generator=g)
+    H, W = x.shape[-2:]
+    up = F.interpolate(acts[None], size=(H, W), mode="bilinear", align_corners=True)[0].flatten(1)
+    lo, hi = up.min(1, keepdim=True).values, up.max(1, keepdim=True).values
+    masks = (up - lo) / (hi - lo + 1e-8)
+    with layers._cam_mode(micro_model):
+        scores, n, per_map = scorecam._gradient_scores(micro_model, x, acts, masks, refs, 3, 30.0, 32, False, False)
+        labels = scorecam._channel_groups(acts, 3)
+        centres = scorecam._group_masks(masks, labels)
+
+        def score(m):
+            with torch.no_grad():
+                return 30.0 * F.normalize(micro_model(x[None] * m.view(1, 1, H, W)), dim=-1)[0] @ refs
+
+        eps = 1e-2
+        for c in range(len(acts)):
+            centre, offset = centres[labels[c]], masks[c] - centres[labels[c]]
+            fd = (score(centre + eps * offset) - score(centre - eps * offset)) / (2 * eps)
+            assert torch.allclose(scores[c], score(centre) + fd, atol=2e-3), c
+    assert n == per_map == 3
+
+
+@pytest.mark.parametrize("model_name, budget", [("tiny_model", 16), ("rn_model", 64)])
+def test_gradient_mode_agrees_with_exact(model_name, budget, request):
+    """1/8 of the exact masked images (ViT 128 channels: 16; ResNet layer4 512 channels: 64) on
+    random-init towers and synthetic players: the worst of 5 pairs agrees with the exact map at
+    r >= 0.97. (Trained towers: benchmarks/bench_scorecam.py --towers.)"""
+    model = request.getfixturevalue(model_name)
+    rng = np.random.default_rng(0)
+    players = [render_player(p, rng, camera=1) for p in make_players(6, seed=0)]
+    exact = similarity_cams(model, players[0], players[1:])
+    approx = [similarity_cams(model, players[0], [b], top_channels=budget)[0] for b in players[1:]]
+    assert all(a.channels <= budget for a in approx)
+    r = [pearson(a.input_map_a, e.input_map_a) for a, e in zip(approx, exact)]
+    assert min(r) >= 0.97
 
 
 def test_gradcam_of_the_same_similarity(micro_model, rn_model, images):
@@ -435,6 +519,8 @@ def test_dataset_indices_tensors_and_errors(micro_model, tmp_path):
         similarity_cams(micro_model, x_a, [x_b], method="gradcam")
     with pytest.raises(ValueError, match="top_channels"):
         CamConfig(top_channels=0)
+    with pytest.raises(ValueError, match="approx"):
+        CamConfig(approx="random")
 
 
 def test_defaults_per_device_and_tower(micro_model, monkeypatch):
@@ -488,7 +574,8 @@ def test_config_yaml_round_trip():
 
     import yaml
 
-    cfg = CamConfig(method="scorecam", fast=True, layer="layer4.0", scale=30.0, batch_size=8, top_channels=0.25)
+    cfg = CamConfig(method="scorecam", fast=True, layer="layer4.0", scale=30.0, batch_size=8, top_channels=0.25,
+                    approx="groups")
     assert CamConfig(**yaml.safe_load(yaml.safe_dump(dataclasses.asdict(cfg)))) == cfg
     assert CamConfig.from_options({"scale": 2.0}, batch_size=4) == CamConfig(scale=2.0, batch_size=4)
     with pytest.raises(ValueError, match="Grad-CAM"):

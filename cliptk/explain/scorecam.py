@@ -14,9 +14,13 @@ channels with the softmax of their scores. Two implementations give the same map
   costs one ``[C, D] @ [D]`` product (k maps for the price of one). Channels whose activation is
   constant give an all-zero mask, so they share one forward pass of the blank image. On CUDA it
   runs under ``torch.inference_mode`` with bf16 autocast and fp32 dot products. ``top_channels=k``
-  is an approximation after Group-CAM (Zhang et al., arXiv:2103.13859, 2021): the channels are
-  clustered into ``k`` groups of similar maps, one masked image is scored per group and each
-  channel gets its group's score (``benchmarks/bench_scorecam.py`` measures agreement and speed).
+  approximates the map with ``k`` masked images: the channels are clustered into groups of
+  similar maps and one masked image is scored per group (Group-CAM, Zhang et al.,
+  arXiv:2103.13859, 2021). With ``approx="gradient"`` (the default) the group images are scored
+  with one backward pass of the score to their masks, which corrects each channel's score to first
+  order for B, and the rest of the budget scores exactly the channels predicted to carry the
+  weight (after gScoreCAM, Chen et al., ACCV 2022); ``approx="groups"`` gives each channel its
+  group's score (``benchmarks/bench_scorecam.py`` measures agreement and speed).
 
 Traps of ``pytorch_grad_cam`` handled here: ScoreCAM weights channels by a softmax of the raw
 target scores, so a plain cosine (range ~0.1 between masked images) gives almost uniform weights
@@ -79,8 +83,8 @@ class SimilarityCam:
         method: ``"scorecam"`` (library), ``"scorecam-fast"``, ``"scorecam-approx"`` or ``"gradcam"``.
         layer: dotted name of the target layer.
         scale: the softmax temperature used in the Score-CAM score.
-        channels: channels (exact fast path) or channel groups (approximate) that were scored;
-            ``None`` for the library.
+        channels: channels (exact fast path), channel groups (``approx="groups"``) or masked images
+            per map (``approx="gradient"``) that were scored; ``None`` for the library.
         grid: ``(rows, cols)`` of the target layer's activation map (the map's true resolution).
     """
 
@@ -190,19 +194,78 @@ def _channel_groups(acts: torch.Tensor, k: int) -> torch.Tensor:
     return torch.from_numpy(np.unique(labels, return_inverse=True)[1].reshape(-1)).to(acts.device)
 
 
+def _group_masks(masks: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:
+    """The mean mask ``[g, H*W]`` of each group of ``masks`` ``[V, H*W]`` (``labels`` ``[V]`` in ``0 .. g-1``)."""
+    n = int(labels.max()) + 1
+    counts = torch.bincount(labels, minlength=n).to(masks.dtype)
+    return torch.zeros(n, masks.shape[1], device=masks.device).index_add_(0, labels, masks) / counts[:, None]
+
+
+def _gradient_scores(model: nn.Module, x: torch.Tensor, acts: torch.Tensor, masks: torch.Tensor, refs: torch.Tensor,
+                     budget: int, scale: float, bs: int, amp: bool, show: bool) -> tuple[torch.Tensor, int, int]:
+    """Approximate Score-CAM scores ``[V, k]`` of the ``V`` channels (activations ``acts`` ``[V, h, w]``,
+    min-max masks ``masks`` ``[V, H*W]``) of ``x`` ``[3, H, W]`` for each of the ``k`` unit
+    references ``refs`` ``[D, k]``, from ``budget`` masked images per reference (``approx="gradient"``).
+
+    1. ``g = budget - budget // 4`` correlation groups (:func:`_channel_groups`); each group's mean
+       mask ``m_G`` is scored *with gradients*: ``s_G = scale * cos(f(x * m_G), ref)`` and, by one
+       backward pass per reference, ``d s_G / d m_G``. Channel ``c`` of group ``G`` is predicted by
+       the first-order expansion ``s_G + <d s_G / d m_G, m_c - m_G>``: the gradient depends on B,
+       so the prediction sees which members of a group B's score favours, which the group score
+       alone (Group-CAM) cannot.
+    2. The remaining ``budget - g`` images score exactly, per reference, the channels whose predicted
+       score is highest: the softmax puts the weight there, and a prediction that overshoots is
+       replaced by the true score.
+
+    Returns the scores, the number of masked images actually embedded (groups plus the union of
+    the references' exact channels) and the number per reference (``<= budget``)."""
+    H, W = x.shape[-2:]
+    labels = _channel_groups(acts, max(1, budget - budget // 4))
+    centres = _group_masks(masks, labels)
+    n_groups = len(centres)
+    k = refs.shape[1]
+    with torch.inference_mode(False), torch.enable_grad():
+        xg, refs_g = x.clone(), refs.clone()           # inference tensors cannot be saved for backward
+        group_scores, group_grads = [], []
+        for i in _bar(range(0, n_groups, bs), show, "Score-CAM"):
+            m = centres[i:i + bs].clone().requires_grad_(True)
+            with torch.autocast(x.device.type, dtype=torch.bfloat16, enabled=amp):
+                emb = model(xg[None] * m.view(-1, 1, H, W))
+            s = scale * F.normalize(emb.float(), dim=-1) @ refs_g                       # [b, k]
+            grads = [torch.autograd.grad(s[:, j].sum(), m, retain_graph=j + 1 < k)[0] for j in range(k)]
+            group_scores.append(s.detach())
+            group_grads.append(torch.stack(grads, -1).detach())                         # [b, H*W, k]
+    group_scores, group_grads = torch.cat(group_scores), torch.cat(group_grads)
+    offsets = masks - centres[labels]                                                   # [V, H*W]
+    scores = group_scores[labels] + torch.einsum("vp,vpk->vk", offsets, group_grads[labels])
+    n_exact = min(budget - n_groups, len(masks))
+    if n_exact <= 0:
+        return scores, n_groups, n_groups
+    top = torch.topk(scores, n_exact, dim=0).indices                                    # [n_exact, k]
+    union, where = torch.unique(top, return_inverse=True)
+    exact = torch.cat([_embed(model, x[None] * masks[union[i:i + bs]].view(-1, 1, H, W), bs, amp)
+                       for i in range(0, len(union), bs)]) @ refs * scale                # [U, k]
+    cols = torch.arange(k, device=scores.device).expand_as(top)
+    scores[top, cols] = exact[where, cols]
+    return scores, n_groups + len(union), n_groups + n_exact
+
+
 def _fast_maps(model: nn.Module, x: torch.Tensor, acts: torch.Tensor, references: torch.Tensor, config: CamConfig,
                scale: float) -> tuple[np.ndarray, int]:
     """Score-CAM maps ``[k, H, W]`` of ``x`` ``[3, H, W]`` (target-layer activations ``acts``
     ``[C, h, w]``) for each row of ``references`` ``[k, D]``, from one set of masked forward passes;
-    also returns the number of channels (exact) or channel groups (approximate) scored.
+    also returns the number of channels (exact), channel groups (``approx="groups"``) or masked
+    images per map (``approx="gradient"``) scored.
 
     Same masks, softmax and normalisation as ``pytorch_grad_cam.ScoreCAM``, except that a channel
     with constant activation gets an all-zero mask (decided on the activations, not on the noisy
     upsampled maps) and all such channels share one pass of the blank image. With
     ``config.top_channels`` below the number of varying channels, the channels are grouped by
-    correlation (:func:`_channel_groups`), one mean mask per group is scored and each channel gets
-    its group's score (Group-CAM): grouping, not dropping, because which channels carry the weight
-    depends on B (why and how well: ``benchmarks/RESULTS.md``)."""
+    correlation (:func:`_channel_groups`) and one mean mask per group is scored: with
+    ``approx="groups"`` each channel gets its group's score (Group-CAM), with ``"gradient"`` its
+    group's score corrected by the gradient plus exact scores for the channels predicted to
+    carry the weight (:func:`_gradient_scores`). Grouping, not dropping, because which channels
+    carry the weight depends on B (why and how well: ``benchmarks/RESULTS.md``)."""
     config = config.for_model(model)   # a no-op for the entry points' configs (already decided)
     device = x.device
     amp = device.type == "cuda" if config.amp is None else bool(config.amp)
@@ -217,22 +280,29 @@ def _fast_maps(model: nn.Module, x: torch.Tensor, acts: torch.Tensor, references
         lo, hi = masks.min(1, keepdim=True).values, masks.max(1, keepdim=True).values
         masks = masks.sub_(lo).div_(hi - lo + 1e-8)                                   # [V, H*W]
         n_scored = _n_channels(config.top_channels, C)
-        groups = torch.arange(len(varying), device=device)                          # channel -> scored mask
-        if n_scored < len(varying):
-            groups = _channel_groups(acts[varying], n_scored)
-            n_scored = int(groups.max()) + 1
-            counts = torch.bincount(groups, minlength=n_scored).to(masks.dtype)
-            masks = torch.zeros(n_scored, H * W, device=device).index_add_(0, groups, masks) / counts[:, None]
-        else:
-            n_scored = C
         refs = F.normalize(references.float(), dim=-1).T
         scores = torch.empty(C, refs.shape[1], device=device)
-        if len(masks):
+        blank = int(bool(constant.any()))   # the constant channels' blank image counts against the budget
+        if n_scored < len(varying) and config.approx == "gradient" and n_scored > blank:
+            show = _long_map(model, config, math.ceil(n_scored / bs), approximate=True)
+            scores[varying], _, n_scored = _gradient_scores(model, x, acts[varying], masks, refs, n_scored - blank,
+                                                            scale, bs, amp, show)
+            n_scored += blank
+        elif len(masks):
+            groups = torch.arange(len(varying), device=device)                      # channel -> scored mask
+            if n_scored < len(varying):
+                groups = _channel_groups(acts[varying], n_scored)
+                masks = _group_masks(masks, groups)
+                n_scored = len(masks)
+            else:
+                n_scored = C
             starts = range(0, len(masks), bs)
             show = _long_map(model, config, len(starts), approximate=config.top_channels is not None)
             embs = torch.cat([_embed(model, x[None] * masks[i:i + bs].view(-1, 1, H, W), bs, amp)
                               for i in _bar(starts, show, "Score-CAM")])
             scores[varying] = (scale * embs @ refs)[groups]                           # fp32
+        else:
+            n_scored = C
         if constant.any():
             scores[constant] = scale * _embed(model, torch.zeros_like(x)[None], 1, amp) @ refs
         weights = scores.softmax(dim=0)
@@ -322,9 +392,12 @@ def similarity_cams(model: nn.Module, image_a: ImageLike, images_b: Sequence[Ima
     channel of the target layer, batched), each B is embedded once, and each map costs one
     ``[C, D] @ [D]`` product — k maps for about the price of one. The result equals the library's
     ScoreCAM on the same model, layer and images (same masks, softmax and normalisation; tested at
-    Pearson >= 0.99). With ``top_channels=k`` the channels are clustered into ``k`` groups and one
-    masked image is scored per group (approximate, see :class:`~cliptk.explain.CamConfig`;
-    ``method`` then reads ``"scorecam-approx"`` and ``channels`` counts the groups).
+    Pearson >= 0.99). With ``top_channels=k`` each map scores ``k`` masked images (approximate, see
+    :class:`~cliptk.explain.CamConfig` ``top_channels`` and ``approx``; ``method`` then reads
+    ``"scorecam-approx"`` and ``channels`` counts the masked images per map, or the groups for
+    ``approx="groups"``). With ``approx="gradient"`` each B gets its own exactly scored channels
+    (one backward pass per B, and A's masked images of their union are embedded once), so a map is
+    the same whichever other B's share the call.
 
     With ``symmetric=True`` each B's own map w.r.t. A is computed too (one fast pass per B).
 

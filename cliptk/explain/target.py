@@ -12,8 +12,8 @@ B?". Three small things say what is asked before any map is computed:
 
 Example:
     >>> cfg = CamConfig.from_options({"layer": "layer4.0"}, fast=True, top_channels=16)
-    >>> cfg.fast, cfg.layer, cfg.top_channels
-    (True, 'layer4.0', 16)
+    >>> cfg.fast, cfg.layer, cfg.top_channels, cfg.approx
+    (True, 'layer4.0', 16, 'gradient')
 """
 from __future__ import annotations
 
@@ -59,15 +59,28 @@ class CamConfig:
         top_channels: fast path only, approximate Score-CAM: score this many masked images (an
             int), or this fraction of the channel count (a float in (0, 1]), instead of one per
             channel. The channels are clustered by the correlation of their activation maps into
-            that many groups; each group's mask is the mean of its channels' masks, and every
-            channel is weighted by its group's score (after Group-CAM, Zhang et al. 2021). Far
-            fewer forward passes, but on some towers single pairs agree much less with the exact
-            map (``benchmarks/RESULTS.md``), so check a few maps against the exact path.
+            groups; each group's mask is the mean of its channels' masks, and every channel's
+            score is derived from its group's (after Group-CAM, Zhang et al. 2021), as ``approx``
+            says. Far fewer forward passes, but single pairs can agree less with the exact map
+            (``benchmarks/RESULTS.md``), so check a few maps against the exact path.
             ``None`` (or at least the number of channels) = exact; ``"auto"`` = by the rule above.
         amp: fast path: bf16 autocast for the masked forward passes; ``None`` = on for CUDA only.
         progress: a ``tqdm`` bar over the masked batches of each map; ``None`` = only for long maps
             (:data:`~cliptk.explain.cost.LONG_MAP_BATCHES` batches or more on a large tower on
             the CPU).
+        approx: how ``top_channels=k`` approximates the map (the budget is ``k`` masked images per
+            map either way):
+
+            * ``"gradient"`` (default) — B-dependent, after gScoreCAM (Chen et al., ACCV 2022):
+              about 3/4 of the budget scores the correlation groups' mean masks *with* one
+              backward pass of the score ``s(A * m, B)`` to the masks, so every channel gets its
+              group's score plus a first-order correction ``grad . (m_c - m_group)``; the rest
+              of the budget scores exactly the channels whose predicted score is highest (they
+              carry the softmax weight, and an over-estimated prediction gets checked). With
+              several images B each map uses only its own exact channels, so a map does not
+              depend on the other B's (the masked images of their union are embedded once).
+            * ``"groups"`` — B-independent Group-CAM: every channel gets its group's score
+              (forward passes only: cheaper in wall time, less faithful on trained towers).
 
     Raises:
         ValueError: an option is out of range (the message names it).
@@ -86,6 +99,7 @@ class CamConfig:
     top_channels: int | float | str | None = "auto"
     amp: bool | None = None
     progress: bool | None = None
+    approx: Literal["gradient", "groups"] = "gradient"
 
     def __post_init__(self) -> None:
         if self.method not in ("scorecam", "gradcam"):
@@ -101,6 +115,8 @@ class CamConfig:
                 (isinstance(k, int) and not isinstance(k, bool) and k >= 1) or (isinstance(k, float) and 0 < k <= 1)):
             raise ValueError(f"CamConfig.top_channels must be 'auto', None, an int >= 1 or a fraction in (0, 1], "
                              f"got {k!r}")
+        if self.approx not in ("gradient", "groups"):
+            raise ValueError(f"CamConfig.approx must be 'gradient' or 'groups', got {self.approx!r}")
 
     def for_model(self, model, device: str | torch.device | None = None) -> "CamConfig":
         """This config with ``fast=None`` and ``top_channels="auto"`` decided for ``model`` on
@@ -131,7 +147,7 @@ class CamConfig:
 
         Example:
             >>> CamConfig.from_options(CamConfig(scale=2.0), batch_size=4)
-            CamConfig(method='scorecam', fast=None, layer=None, scale=2.0, batch_size=4, top_channels='auto', amp=None, progress=None)
+            CamConfig(method='scorecam', fast=None, layer=None, scale=2.0, batch_size=4, top_channels='auto', amp=None, progress=None, approx='gradient')
         """
         base = config if isinstance(config, CamConfig) else cls(**(config or {}))
         names = {f.name for f in fields(cls)}
