@@ -17,7 +17,7 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from cliptk.viz import export_html, html_fragment, plot_embeddings, project, thumbnail_uri, trace_rows
+from cliptk.viz import export_html, html_fragment, plot_embeddings, project, trace_rows
 
 pytestmark = pytest.mark.browser
 
@@ -33,10 +33,13 @@ POINT_XY = """([i, j]) => {
   return [box.left + fl._size.l + fl.xaxis.l2p(tr.x[j]), box.top + fl._size.t + fl.yaxis.l2p(tr.y[j])];
 }"""
 THUMB_STATE = """() => {
-  const box = document.querySelector('.cliptk-thumb'), img = box && box.querySelector('img');
-  return box && {display: getComputedStyle(box).display, src: img.src, natural: img.naturalHeight,
-                 complete: img.complete, label: box.textContent};
+  const box = document.querySelector('.cliptk-thumb'), s = box && box.querySelector('.cliptk-sprite');
+  return box && {display: getComputedStyle(box).display, row: box.dataset.row, ready: box.dataset.ready,
+                 image: s.style.backgroundImage, width: s.offsetWidth, height: s.offsetHeight,
+                 label: box.textContent};
 }"""
+SHOWN = ("() => { const b = document.querySelector('.cliptk-thumb');"
+         " return getComputedStyle(b).display === 'block' && b.dataset.ready === '1'; }")
 
 
 @pytest.fixture(scope="module")
@@ -82,9 +85,26 @@ def open_and_hover(browser, url: str, fig, coords: np.ndarray):
     x, y = page.evaluate(POINT_XY, [trace, j])
     page.mouse.move(x + 15, y + 15)
     page.mouse.move(x, y, steps=3)
-    page.wait_for_function("() => getComputedStyle(document.querySelector('.cliptk-thumb')).display === 'block'"
-                           " && document.querySelector('.cliptk-thumb img').complete", timeout=60_000)
+    page.wait_for_function(SHOWN, timeout=60_000)
+    page.wait_for_timeout(100)   # the decoded atlas is painted on the next frame
     return page, errors, blank_state, drawn, row
+
+
+def shows_thumbnail_of(page, ds, row: int, height: int = 48) -> bool:
+    """Whether the hover box's sprite, as the browser paints it, is ``row``'s image: of every
+    image of ``ds`` scaled by Pillow to the cell (aspect kept) and shown at twice that size, as
+    the page does, ``row``'s has the highest Pearson r with the screenshot, and r > 0.9."""
+    shot = np.asarray(Image.open(io.BytesIO(page.locator(".cliptk-sprite").screenshot())).convert("RGB"), float)
+
+    def r(i: int) -> float:
+        im = ds[i].convert("RGB")
+        w = round(im.width * height / im.height)
+        want = np.asarray(im.resize((w, height), Image.Resampling.BILINEAR).resize((2 * w, 2 * height)), float)
+        assert shot.shape == want.shape, (shot.shape, want.shape)
+        return float(np.corrcoef(shot.ravel(), want.ravel())[0, 1])
+
+    scores = np.array([r(i) for i in range(len(ds))])
+    return int(scores.argmax()) == row and scores[row] > 0.9
 
 
 @pytest.mark.parametrize("webgl", [False, True], ids=["svg", "webgl"])
@@ -102,8 +122,9 @@ def test_exported_page_shows_thumbnail_on_hover(browser, players, tmp_path, webg
             assert page.locator(".scatterlayer .point").count() == len(ds)
         assert blank_state["display"] == "none"  # nothing shown before the hover
         state = page.evaluate(THUMB_STATE)
-        assert state["src"] == thumbnail_uri(ds[row], 48)  # this row's thumbnail, as Python encodes it
-        assert state["src"].startswith("data:image/") and state["natural"] == 48
+        assert int(state["row"]) == row and state["image"].startswith('url("data:image/')
+        assert (state["width"], state["height"]) == (48, 96)   # a 24 x 48 cell at twice its size
+        assert shows_thumbnail_of(page, ds, row)         # this row's image, cut from the atlas right
         assert f"row {row}" in state["label"]
         if not webgl and REFRESH:
             SCREENSHOT.parent.mkdir(parents=True, exist_ok=True)
@@ -128,7 +149,30 @@ def test_fragment_inside_a_larger_report(browser, players, tmp_path):
     page, errors, _, drawn, row = open_and_hover(browser, report.as_uri(), fig, coords)
     try:
         assert page.locator("#embedding-plot .scatterlayer .point").count() == len(ds)
-        assert page.evaluate(THUMB_STATE)["src"] == thumbnail_uri(ds[row], 48)
+        assert int(page.evaluate(THUMB_STATE)["row"]) == row and shows_thumbnail_of(page, ds, row)
+        assert errors == []
+    finally:
+        page.close()
+
+
+def test_folder_export_shows_thumbnail_and_metadata_on_hover(browser, players, tmp_path):
+    """layout="folder" (what exports above FOLDER_THRESHOLD points get): plotly.js and the atlas are files
+    beside the page, the figure has no hover text, and the box shows the thumbnail and the row's metadata."""
+    ds, emb = players
+    coords = project(emb, "pca")
+    fig = plot_embeddings(emb, ds, color_by="pid", projection=coords, webgl=True)
+    path = export_html(fig, ds, tmp_path / "big.html", layout="folder", thumbnail_height=48)
+    assert (tmp_path / "big_files" / "plotly.min.js").is_file()
+    page, errors, _, drawn, row = open_and_hover(browser, path.as_uri(), fig, coords)
+    try:
+        assert drawn > 30 * 20
+        state = page.evaluate(THUMB_STATE)
+        assert int(state["row"]) == row and "big_files/atlas-0000." in state["image"]
+        assert shows_thumbnail_of(page, ds, row)
+        t = ds.table.iloc[row]
+        assert f"row {row}" in state["label"] and f"pid: {t['pid']}" in state["label"]
+        assert Path(t["path"]).name in state["label"]
+        assert page.locator(".hoverlayer .hovertext").count() == 0   # no plotly label: the box has the metadata
         assert errors == []
     finally:
         page.close()

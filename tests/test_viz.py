@@ -8,8 +8,10 @@ from __future__ import annotations
 
 import base64
 import io
+import json
 import os
 import re
+import shutil
 import subprocess
 import sys
 
@@ -344,14 +346,51 @@ def test_thumbnail_uri_is_small_and_decodes():
     assert len(uri) < 2000
 
 
-def test_html_fragment_embeds_thumbnails_and_hover_script(toy):
+def hover_payload(page: str) -> dict:
+    """The hover script's data (``var P = {...};``) of an exported page or fragment."""
+    m = re.search(r"var P = (\{.*?\});\n", page, flags=re.S)
+    assert m, "no hover payload in the page"
+    return json.loads(m.group(1).replace("<\\/", "</"))
+
+
+def ints(d: dict | None, n: int | None = None) -> np.ndarray:
+    """The page's integer arrays: ``{"u1"|"u2"|"i4": base64}``, or None for ``arange(n)``."""
+    if d is None:
+        return np.arange(n)
+    (kind, b64), = d.items()
+    return np.frombuffer(base64.b64decode(b64), dtype="<" + kind).astype(np.int64)
+
+
+def cell_colour(atlas: Image.Image, p: dict, k: int) -> np.ndarray:
+    """Mean RGB of thumbnail ``k``'s cell, found the way the page's script finds it."""
+    a = p["atlas"]
+    cw, ch = a["cell"]
+    j = k % (a["columns"] * a["rows"])
+    x, y = (j % a["columns"]) * cw, (j // a["columns"]) * ch
+    return np.asarray(atlas.convert("RGB").crop((x, y, x + cw, y + ch))).reshape(-1, 3).mean(0)
+
+
+def test_html_fragment_packs_thumbnails_into_one_atlas(toy):
     ds, emb = toy
     fig = plot_embeddings(emb, ds, color_by="team", method="pca")
     frag = html_fragment(fig, ds, div_id="players")
     assert frag.lstrip().startswith("<div") and "<html" not in frag
     assert "plotly_hover" in frag and "getElementById('players')" in frag
-    assert len(re.findall(URI, frag)) == len(ds)
-    assert fig.data[0].customdata.shape[1] == 1  # the caller's figure is not modified
+    assert len(re.findall(URI, frag)) == 1                  # one atlas for 30 points, not one image per point
+    assert fig.data[0].customdata.shape[1] == 1             # the caller's figure is not modified
+    p = hover_payload(frag)
+    n = sum(len(tr.x) for tr in fig.data)
+    rows, points = ints(p["rows"], n), ints(p["points"], n)
+    assert p["points"] is not None                          # 3 traces (teams): points are not in row order
+    for tr, off in zip(fig.data, p["offsets"]):             # point j of trace i -> its dataset row
+        np.testing.assert_array_equal(rows[points[off:off + len(tr.x)]], trace_rows(tr))
+    head, data = p["atlas"]["urls"][0].split(",", 1)
+    atlas = Image.open(io.BytesIO(base64.b64decode(data)))
+    assert p["atlas"]["cell"] == [24, 48]                   # the images' 1:2 aspect at 48 px
+    for k, row in enumerate(rows):                          # each cell holds its row's (solid) colour
+        want = np.asarray(Image.open(ds.root / ds.table["path"].iat[row]).convert("RGB")).reshape(-1, 3).mean(0)
+        assert np.abs(cell_colour(atlas, p, k) - want).max() < 12, (k, row)
+    assert p["labels"] is None and p["missing"] == []       # one file: plotly's own hover label has the metadata
     plain = html_fragment(fig, ds, thumbnails=False)
     assert "plotly_hover" not in plain and "data:image" not in plain
 
@@ -362,7 +401,100 @@ def test_export_html_writes_a_standalone_page(toy, tmp_path):
                        include_plotlyjs="cdn")
     text = path.read_text()
     assert text.startswith("<!DOCTYPE html>") and "</html>" in text
-    assert len(re.findall(URI, text)) == len(ds)
+    assert len(re.findall(URI, text)) == 1
+    assert not (tmp_path / "sub" / "page_files").exists()
+
+
+def test_export_html_folder_layout_has_atlas_files_and_a_metadata_table(toy, tmp_path):
+    ds, emb = toy
+    fig = plot_embeddings(emb, ds, color_by="team", method="pca")
+    path = export_html(fig, ds, tmp_path / "page.html", layout="folder")
+    files = tmp_path / "page_files"
+    assert sorted(f.name for f in files.iterdir()) in (["atlas-0000.webp", "plotly.min.js"],
+                                                       ["atlas-0000.jpeg", "plotly.min.js"])
+    text = path.read_text()
+    assert 'src="page_files/plotly.min.js"' in text and "data:image" not in text
+    assert "team: red" not in text and "row 0" not in text  # no per-point hover text in the figure JSON
+    p = hover_payload(text)
+    url = p["atlas"]["urls"][0]
+    atlas = Image.open(tmp_path / url)
+    rows = ints(p["rows"], len(ds))
+    for k, row in enumerate(rows):
+        want = np.asarray(Image.open(ds.root / ds.table["path"].iat[row]).convert("RGB")).reshape(-1, 3).mean(0)
+        assert np.abs(cell_colour(atlas, p, k) - want).max() < 12
+    labels = p["labels"]
+    assert labels["columns"][:3] == ["pid", "camid", "split"] and labels["columns"][-1] == "path"
+    for c in ("pid", "team", "loss", "path"):              # the box's metadata, decoded as the page decodes it
+        d = labels["data"][c]
+        got = [d["values"][i] for i in ints(d["codes"])] if "codes" in d else d["values"]
+        want = ds.table[c].to_numpy()[rows]
+        if c == "path":
+            want = [os.path.basename(v) for v in want]
+        assert list(got) == list(want), c
+    # a second export of fewer points replaces the folder as a whole
+    export_html(plot_embeddings(emb[:4], None, color_by=None, method="pca"), ds, path, layout="folder",
+                thumbnails=False)
+    assert sorted(f.name for f in files.iterdir()) == ["plotly.min.js"]
+    assert not list(tmp_path.glob("page_files.*"))          # no temporary or old folder left behind
+    with pytest.raises(ValueError, match="layout="):
+        export_html(fig, ds, path, layout="zip")
+
+
+def test_compact_colours_draw_the_same_colour_per_point():
+    from cliptk.viz.export import _compact_colours
+
+    colours = ["#ff0000", "#00ff00", "#0000ff", "#00ff00", "#ff0000"] * 3
+    tr = go.Scattergl(x=np.arange(15), y=np.arange(15), marker=dict(color=colours))
+    _compact_colours(tr)
+    values, scale = np.asarray(tr.marker.color), tr.marker.colorscale
+    for v, want in zip(values, colours):          # the colour scale's step that holds each value
+        steps = [c for (lo, c), (hi, _) in zip(scale[::2], scale[1::2]) if lo <= v <= hi]
+        assert steps == [want]
+    assert (tr.marker.cmin, tr.marker.cmax) == (0.0, 1.0)
+
+
+def test_label_table_drops_empty_columns_and_stores_constant_ones_once(toy):
+    from cliptk.viz.export import _label_table
+
+    ds, _ = toy
+    t = ds.table.copy()
+    t["note"], t["site"] = None, "arena"
+    table = _label_table(ReIdDataset(ds.root, t, name="toy2"), np.arange(len(t)))
+    assert "note" not in table["columns"] and table["data"]["site"] == {"values": ["arena"]}
+    assert "codes" in table["data"]["camid"] and list(table["data"]["camid"]["codes"]) == ["u1"]
+
+
+def test_export_html_switches_to_a_folder_above_the_threshold(toy, tmp_path, monkeypatch):
+    from cliptk.viz import export as export_mod
+
+    ds, emb = toy
+    monkeypatch.setattr(export_mod, "FOLDER_THRESHOLD", 29)
+    export_html(plot_embeddings(emb[:29], None, color_by=None, method="pca"), ds, tmp_path / "small.html")
+    export_html(plot_embeddings(emb, None, color_by=None, method="pca"), ds, tmp_path / "large.html")
+    assert not (tmp_path / "small_files").exists() and (tmp_path / "large_files").is_dir()
+
+
+def test_export_names_unreadable_images_and_leaves_their_cells_blank(toy, tmp_path):
+    ds, emb = toy
+    bad = tmp_path / "bad"
+    shutil.copytree(ds.root, bad)
+    broken = bad / ds.table["path"].iat[3]
+    broken.write_bytes(b"not an image")
+    ds2 = ReIdDataset(bad, ds.table.copy(), name="toy-bad")
+    with pytest.warns(UserWarning, match=r"1 of 30 images could not be read.*" + re.escape(broken.name)):
+        frag = html_fragment(emb, ds2, color_by=None, method="pca")
+    p = hover_payload(frag)
+    assert [int(ints(p["rows"], len(ds))[k]) for k in p["missing"]] == [3]
+
+
+def test_pack_thumbnails_is_the_same_in_worker_processes(toy):
+    from cliptk.viz.atlas import pack_thumbnails
+
+    ds, _ = toy
+    one = pack_thumbnails(ds, range(len(ds)), height=16, columns=4, rows_per_atlas=2, workers=1)
+    two = pack_thumbnails(ds, range(len(ds)), height=16, columns=4, rows_per_atlas=2, workers=2)
+    assert len(one.images) == 4 and one.images == two.images    # 30 thumbnails, 8 per atlas, same bytes
+    assert one.cell == (8, 16) and one.place(29) == (3, 8, 16)      # 29 = atlas 3, cell 5: column 1, row 1
 
 
 def test_export_rejects_figures_without_rows(toy):

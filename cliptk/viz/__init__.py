@@ -6,7 +6,8 @@ views, HTML pages with image thumbnails on hover, the numbers beside the picture
 * :mod:`~cliptk.viz.figures` — :func:`plot_embeddings` (coloured by any metadata column),
   :func:`plot_before_after` (two aligned panels), :func:`trace_rows` (point -> dataset row).
 * :mod:`~cliptk.viz.export` — :func:`html_fragment` / :func:`export_html`: the plot as HTML
-  that shows the hovered point's image, without Jupyter.
+  that shows the hovered point's image, without Jupyter (one file, or a page and a folder of
+  files for large plots); :mod:`~cliptk.viz.atlas` packs the thumbnails into sprite atlases.
 * :mod:`~cliptk.viz.quality` — :func:`embedding_report`: k-NN accuracy, alignment, uniformity,
   neighbourhood overlap and trustworthiness as a small table.
 * :mod:`~cliptk.viz.report` — :class:`Report`: sections of text, tables and figures in one
