@@ -441,11 +441,11 @@ def test_export_html_folder_layout_has_atlas_files_and_a_metadata_table(toy, tmp
 
 
 def test_compact_colours_draw_the_same_colour_per_point():
-    from cliptk.viz.export import _compact_colours
+    from cliptk.viz.figures import compact_colours
 
     colours = ["#ff0000", "#00ff00", "#0000ff", "#00ff00", "#ff0000"] * 3
     tr = go.Scattergl(x=np.arange(15), y=np.arange(15), marker=dict(color=colours))
-    _compact_colours(tr)
+    compact_colours(tr)
     values, scale = np.asarray(tr.marker.color), tr.marker.colorscale
     for v, want in zip(values, colours):          # the colour scale's step that holds each value
         steps = [c for (lo, c), (hi, _) in zip(scale[::2], scale[1::2]) if lo <= v <= hi]

@@ -180,3 +180,32 @@ def test_cam_picker_passes_the_per_device_rule_on(micro_model, tiny_players, mon
     picker.method.value = "gradcam"
     picker.explain()
     assert (seen[-1].method, seen[-1].fast, seen[-1].top_channels) == ("gradcam", False, None)
+
+
+def test_large_explorer_hover_says_only_the_row_and_colours_are_numbers(toy, monkeypatch):
+    """Above LARGE_FIGURE points (here lowered to 10) the explorer's hover labels carry only the row (a
+    click shows the rest, unchanged), and plot_embeddings gives cycled category colours as numbers on a
+    stepwise scale: one value per identity, each drawn in the colour the strings named."""
+    import cliptk.viz.figures as figures
+    import cliptk.widgets.explorer as explorer_mod
+    from cliptk.viz import plot_embeddings
+
+    ds, emb, proj = toy
+    small = Explorer(emb, ds, proj, k=K, color_by="team")
+    strings = plot_embeddings(proj, ds, color_by="pid", max_legend=3).data[0]   # 6 pids > 3: cycled colours
+    monkeypatch.setattr(figures, "LARGE_FIGURE", 10)
+    monkeypatch.setattr(explorer_mod, "LARGE_FIGURE", 10)
+    big = Explorer(emb, ds, proj, k=K, color_by="team")
+    for tr in big.figure.data[:-1]:
+        assert list(tr.text) == [f"<b>row {r}</b>" for r in figures.trace_rows(tr)]
+    assert all("camid" in t for tr in small.figure.data[:-1] for t in tr.text)   # below the limit: all metadata
+    tr0 = big.figure.data[0]
+    big.on_click(tr0, points(0, [3]))
+    assert len(big.neighbour_box.children) == K
+    np.testing.assert_array_equal(big.last_neighbours["row"], reference_neighbours(emb, int(figures.trace_rows(tr0)[3]), K))
+
+    numbers = plot_embeddings(proj, ds, color_by="pid", max_legend=3).data[0]
+    values, scale = np.asarray(numbers.marker.color, dtype=float), numbers.marker.colorscale
+    np.testing.assert_array_equal(figures.trace_rows(numbers), figures.trace_rows(strings))
+    for v, want in zip(values, strings.marker.color):   # the scale's step that holds each value
+        assert [c for (lo, c), (hi, _) in zip(scale[::2], scale[1::2]) if lo <= v <= hi] == [want]

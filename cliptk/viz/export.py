@@ -32,7 +32,7 @@ from plotly.offline import get_plotlyjs
 from .._util import atomic_write_text
 from ..data import ReIdDataset
 from .atlas import Atlases, pack_thumbnails
-from .figures import plot_embeddings, trace_rows
+from .figures import compact_colours, plot_embeddings, trace_rows
 from .project import ArrayLike
 
 __all__ = ["html_fragment", "export_html"]
@@ -193,7 +193,7 @@ def _hover_script(fig: go.Figure, dataset: ReIdDataset, thumbnails: bool, height
     if compact:
         for tr in fig.data:   # the per-point hover text would be most of a large page
             tr.update(text=None, hovertemplate=None, hoverinfo="none", customdata=None)
-            _compact_colours(tr)
+            compact_colours(tr)
     payload = {
         "offsets": [int(o) for o in offsets],
         # point -> distinct row -> dataset row; null where it is the identity (one trace of rows 0..N-1)
@@ -207,22 +207,6 @@ def _hover_script(fig: go.Figure, dataset: ReIdDataset, thumbnails: bool, height
     }
     script = _HOVER_JS.replace("__PAYLOAD__", json.dumps(payload, separators=(",", ":")).replace("</", "<\\/"))
     return script, atlases
-
-
-def _compact_colours(trace) -> None:
-    """Per-point colour strings (categories with cycled colours: ~10 bytes a point in the JSON) as
-    small integer codes on a stepwise colour scale of the distinct colours, drawn the same."""
-    marker = getattr(trace, "marker", None)
-    colours = getattr(marker, "color", None) if marker is not None else None
-    if colours is None or isinstance(colours, str) or len(colours) < 2 or not all(isinstance(c, str) for c in colours[:64]):
-        return
-    uniq, codes = np.unique(np.asarray(colours, dtype=object).astype(str), return_inverse=True)
-    if len(uniq) > 256:
-        return
-    n = len(uniq)
-    scale = [[b, c] for i, c in enumerate(uniq) for b in (i / n, (i + 1) / n)]   # step i covers [i/n, (i+1)/n]
-    trace.marker.update(color=(codes.astype(np.float32) + 0.5) / n, colorscale=scale, cmin=0.0, cmax=1.0,
-                        showscale=False)
 
 
 def _data_uri(i: int, atlases: Atlases) -> str:

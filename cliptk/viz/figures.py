@@ -41,6 +41,11 @@ PALETTE: list[str] = list(qualitative.Dark24) + list(qualitative.Light24)
 ALIASES = {"camera": "camid", "cam": "camid", "identity": "pid", "id": "pid"}
 #: Above this many points 2-D plots use WebGL (``Scattergl``).
 WEBGL_THRESHOLD = 1000
+#: above this many points :func:`plot_embeddings` gives cycled category colours as numbers on a
+#: stepwise scale (:func:`stepwise_colours`), and the explorer keeps only "row N" in each point's
+#: hover label: 100k colour strings cost seconds of plotly's validation, and 100k labels most of
+#: what the browser is sent
+LARGE_FIGURE = 20_000
 
 
 def check_dataset(dataset: ReIdDataset | None, n: int) -> None:
@@ -180,7 +185,8 @@ def _traces(coords: np.ndarray, values: np.ndarray | None, name: str, texts: lis
         return [make(keys == c, f"{c}", dict(size=size, color=colour_map[c], opacity=0.85), showlegend)
                 for c in colour_map if (keys == c).any()]
     colours = [colour_map[k] for k in keys]
-    return [make(all_rows, None, dict(size=size, color=colours, opacity=0.85), False)]
+    steps = stepwise_colours(colours) if len(colours) > LARGE_FIGURE else None   # validated at once, not per point
+    return [make(all_rows, None, dict(size=size, opacity=0.85, **(steps or dict(color=colours))), False)]
 
 
 def _style(fig: go.Figure, three: bool, title: str | None, legend_title: str) -> None:
@@ -334,6 +340,32 @@ def plot_before_after(emb_before: ArrayLike, emb_after: ArrayLike, dataset: ReId
         fig.update_xaxes(matches="x")
         fig.update_yaxes(matches="y", scaleanchor="x", scaleratio=1)
     return fig
+
+
+def stepwise_colours(colours: Sequence[str]) -> dict | None:
+    """Marker settings that draw per-point colour strings as numbers on a stepwise colour scale
+    of the distinct colours (``color``, ``colorscale``, ``cmin``, ``cmax``, ``showscale``); None
+    above 256 distinct colours. A number array is ~1 byte a point in the figure's JSON (a colour
+    string ~10) and plotly validates it at once instead of string by string."""
+    uniq, codes = np.unique(np.asarray(colours, dtype=object).astype(str), return_inverse=True)
+    if len(uniq) > 256:
+        return None
+    n = len(uniq)
+    scale = [[b, c] for i, c in enumerate(uniq) for b in (i / n, (i + 1) / n)]   # step i covers [i/n, (i+1)/n]
+    return dict(color=(codes.astype(np.float32) + 0.5) / n, colorscale=scale, cmin=0.0, cmax=1.0, showscale=False)
+
+
+def compact_colours(trace) -> None:
+    """Replace a trace's per-point colour strings (categories with cycled colours) by
+    :func:`stepwise_colours`, drawn the same; traces with one colour or a continuous scale are
+    left alone. Used for the export's folder layout."""
+    marker = getattr(trace, "marker", None)
+    colours = getattr(marker, "color", None) if marker is not None else None
+    if colours is None or isinstance(colours, str) or len(colours) < 2 or not all(isinstance(c, str) for c in colours[:64]):
+        return
+    steps = stepwise_colours(colours)
+    if steps is not None:
+        trace.marker.update(**steps)
 
 
 def trace_rows(trace: Any) -> np.ndarray:

@@ -9,7 +9,9 @@ ipywidgets. What the current plotly does, and how :class:`Explorer` copes:
   selection is collected over all traces before the grid is filled;
 * point indices are **per trace**: each trace's ``customdata[:, 0]`` holds the dataset rows
   (:func:`cliptk.viz.trace_rows`), so a trace-local index is mapped back to an image;
-* hover labels cannot show images: hover shows the metadata, a click shows the image.
+* hover labels cannot show images: hover shows the metadata, a click shows the image; above
+  :data:`cliptk.viz.figures.LARGE_FIGURE` points hover shows only the row (the metadata of every
+  point would be most of what the page is sent), and the click shows the rest.
 
 The handlers are plain methods (:meth:`Explorer.on_click`, :meth:`Explorer.on_selection`,
 :meth:`Explorer.select`, :meth:`Explorer.show_neighbours`), so tests and scripts can drive the app
@@ -36,7 +38,7 @@ from .._util import as_rows, thumbnail_bytes, unit_rows
 from ..data import ReIdDataset
 from ..metrics import NeighbourIndex
 from ..viz import ArrayLike, plot_embeddings, project, trace_rows
-from ..viz.figures import check_dataset
+from ..viz.figures import LARGE_FIGURE, check_dataset
 
 __all__ = ["Explorer"]
 
@@ -90,7 +92,8 @@ class Explorer:
         self.thumb_height, self.grid_height, self.max_grid = thumb_height, grid_height, max_grid
         self.projection = (project(x, method, n_components, seed=seed) if projection is None
                            else as_rows(projection, "projection", np.float32))
-        fig = plot_embeddings(x, dataset, color_by, projection=self.projection)
+        large = n > LARGE_FIGURE   # hover labels then say only "row N" (a click shows the metadata)
+        fig = plot_embeddings(x, dataset, color_by, projection=self.projection, hover_columns=[] if large else None)
         fig.update_layout(dragmode="lasso", height=520, width=700, margin=dict(l=10, r=10, t=20, b=10))
         three = self.projection.shape[1] == 3
         ring = dict(size=14, color="rgba(0,0,0,0)", line=dict(width=2, color="black"))
