@@ -119,6 +119,20 @@ def test_shipped_configs():
                                                                      "cpu")
 
 
+
+def test_tiny_paper_recipe_differs_from_the_paper_only_where_issue_15_allows():
+    """configs/clip_reident_tiny.yaml is configs/clip_reident_vitl14.yaml with only the model, the sizes, the
+    learning rate, the step budget, the device and precision (and the data and output folder) changed."""
+    paper = TrainConfig.from_yaml(CONFIGS / "clip_reident_vitl14.yaml")
+    tiny = TrainConfig.from_yaml(CONFIGS / "clip_reident_tiny.yaml")
+    allowed = {"model", "pretrained", "batch_size", "eval_batch_size", "num_workers", "cache_images", "lr", "lr_end",
+               "epochs", "max_steps", "max_minutes", "device", "amp", "data", "synthetic", "output_dir",
+               "save_every_steps"}
+    changed = {f.name for f in dataclasses.fields(TrainConfig) if getattr(paper, f.name) != getattr(tiny, f.name)}
+    assert changed <= allowed, changed - allowed
+    assert (tiny.group_by, tiny.reinit_blocks, tiny.label_smoothing, tiny.projection) == (None, 0, 0.1, False)
+    assert tiny.lr / tiny.lr_end == paper.lr / paper.lr_end          # the paper's 4x decay
+
 # --------------------------------------------------------------------------- schedule
 @pytest.mark.parametrize("power", [1.0, 2.0])
 def test_schedule_matches_formula(power):
