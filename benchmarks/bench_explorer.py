@@ -6,9 +6,12 @@ notebook whose second cell builds ``ct.Explorer(emb, ds, projection=coords)``; h
 (Playwright, as ``tests/test_jupyterlab.py`` drives it, whose helpers this reuses) measures
 
 * plot visible: from the moment that cell starts (its printed ``time.time()``) until the explorer's
-  plotly plot has drawn in the page (goal <= 5 s);
+  plot has drawn in the page (goal <= 5 s): plotly's calcdata exists, or jupyter-scatter's canvas
+  (above ``LARGE_FIGURE`` points, ``backend="auto"``) shows points in a screenshot;
 * click: from clicking a point until the ``k`` neighbour thumbnails are shown (goal <= 1 s), over
   ``--clicks`` points.
+
+``--backend plotly`` measures the FigureWidget at every size (the explorer before the WebGL switch).
 
     python benchmarks/bench_explorer.py
     python benchmarks/bench_explorer.py --sizes 100000 --clicks 5
@@ -45,7 +48,8 @@ if {full_hover}:   # the explorer as it was before LARGE_FIGURE: every point's m
     import cliptk.widgets.explorer
     cliptk.widgets.explorer.LARGE_FIGURE = 10 ** 12"""
 CELL_EXPLORER = """T0 = time.time(); print(f"T0={{T0:.3f}}")
-ex = ct.Explorer(emb, ds, projection=coords, k={k})
+ex = ct.Explorer(emb, ds, projection=coords, k={k}, backend={backend!r})
+print("backend", ex.backend)
 ex"""
 
 #: the explorer plot drawn: Date.now() (s) when its calcdata exists and two frames have passed
@@ -55,6 +59,14 @@ DRAWN = "async () => {" + lab.EXPLORER_JS + """
   await new Promise(r => requestAnimationFrame(() => requestAnimationFrame(r)));
   return Date.now() / 1000;
 }"""
+#: jupyter-scatter's canvas laid out in the page: its client box (Date.now() in s as t), else null
+CANVAS = "async () => {" + lab.EXPLORER_JS + """
+  const out = explorerOutput(), c = out && out.querySelector('canvas');
+  if (!c || !c.width || !c.getBoundingClientRect().width) return null;
+  await new Promise(r => requestAnimationFrame(() => requestAnimationFrame(r)));
+  const b = c.getBoundingClientRect();
+  return {t: Date.now() / 1000, x: b.left, y: b.top, width: b.width, height: b.height};
+}"""
 #: the client position of point j of the first trace, and its row
 POINT = "(j) => {" + lab.EXPLORER_JS + """
   const gd = explorerOutput().querySelector('.js-plotly-plot');
@@ -63,23 +75,46 @@ POINT = "(j) => {" + lab.EXPLORER_JS + """
 }"""
 QUERY_ROW = "() => {" + lab.EXPLORER_JS + """
   const q = Array.from(explorerOutput().querySelectorAll('.widget-html')).find(h => /^\\s*row \\d+/.test(h.textContent));
-  return q ? q.textContent.trim().split(/\\s+/)[1] : null;
+  return q ? q.textContent.match(/row (\\d+)/)[1] : null;
 }"""
 NEIGHBOURS_SHOWN = "([k, prev]) => {" + lab.EXPLORER_JS + """
   const out = explorerOutput(), nb = neighbourBox(out);
   const imgs = nb && nb[1] ? Array.from(nb[1].querySelectorAll('img')) : [];
   const q = Array.from(out.querySelectorAll('.widget-html')).find(h => /^\\s*row \\d+/.test(h.textContent));
-  const row = q ? q.textContent.trim().split(/\\s+/)[1] : null;
+  const row = q ? q.textContent.match(/row (\\d+)/)[1] : null;
   return imgs.length === k && imgs.every(i => i.complete && i.naturalWidth > 0) && row !== null && row !== prev;
 }"""
 
 
-def measure(browser, n: int, k: int, clicks: int, work: Path, full_hover: bool = False) -> dict:
+def _painted(page, box: dict) -> bool:
+    """Whether the canvas at ``box`` shows points: a screenshot with more than 200 non-background pixels."""
+    import io
+
+    import numpy as np
+    from PIL import Image
+
+    png = page.screenshot(clip={k: box[k] for k in ("x", "y", "width", "height")})
+    px = np.asarray(Image.open(io.BytesIO(png)).convert("L"))
+    return int((px < 200).sum()) > 200
+
+
+def _webgl_point(coords, j: int, box: dict) -> dict:
+    """Client position of row ``j`` in jupyter-scatter's default view: x and y are scaled min-max to
+    [-1, 1] and the square [-1, 1]^2 fills the canvas's height, centred (regl-scatterplot keeps the aspect)."""
+    lo, hi = coords.min(0), coords.max(0)
+    ndc = 2 * (coords[j] - lo) / (hi - lo) - 1
+    half = min(box["width"], box["height"]) / 2
+    return {"x": float(box["x"] + box["width"] / 2 + ndc[0] * half), "y": float(box["y"] + box["height"] / 2 - ndc[1] * half)}
+
+
+def measure(browser, n: int, k: int, clicks: int, work: Path, full_hover: bool = False,
+            backend: str = "auto") -> dict:
     root = work / f"lab_{n}{'_full' if full_hover else ''}"
     (root / "notebooks").mkdir(parents=True, exist_ok=True)
     name = f"explorer_{n}.ipynb"
     lab._write_notebook(root / "notebooks" / name, [
-        CELL_DATA.format(bench=str(ROOT / "benchmarks"), n=n, work=str(work), full_hover=full_hover), CELL_EXPLORER.format(k=k)])
+        CELL_DATA.format(bench=str(ROOT / "benchmarks"), n=n, work=str(work), full_hover=full_hover),
+        CELL_EXPLORER.format(k=k, backend=backend)])
     home = root / "jupyter"
     for rel, value in lab.SETTINGS.items():
         f = home / "settings" / rel
@@ -108,19 +143,31 @@ def measure(browser, n: int, k: int, clicks: int, work: Path, full_hover: bool =
         page = browser.new_page(viewport=lab.VIEWPORT)
         page.set_default_timeout(600_000)
         lab._open_and_run_all(page, base, token, name)
-        drawn = None
+        drawn = box = None
         while drawn is None:
             drawn = page.evaluate(DRAWN)
+            box = page.evaluate(CANVAS) if drawn is None else None
+            if box is not None and _painted(page, box):
+                drawn = box["t"]
             if drawn is None:
                 page.wait_for_timeout(100)
         text = page.locator(".jp-CodeCell", has_text="ct.Explorer(").locator(".jp-OutputArea").inner_text()
         t0 = float(re.search(r"T0=([\d.]+)", text).group(1))
-        page.evaluate("() => {" + lab.EXPLORER_JS + " explorerOutput().querySelector('.js-plotly-plot')"
-                      ".scrollIntoView({block: 'center'}); }")
+        used = re.search(r"backend (\w+)", text).group(1)
+        page.evaluate("() => {" + lab.EXPLORER_JS + " const o = explorerOutput(); "
+                      "(o.querySelector('.js-plotly-plot') || o.querySelector('canvas')).scrollIntoView({block: 'center'}); }")
         page.wait_for_timeout(500)
-        times, prev = [], None
+        coords = None
+        if used == "webgl":
+            import numpy as np
+
+            box = page.evaluate(CANVAS)
+            emb = np.random.default_rng(n).normal(size=(n, 512)).astype(np.float32)   # as CELL_DATA draws them
+            coords = emb[:, :2] + 0.1 * emb[:, 2:4]
+        times, prev, hits, miss = [], None, 0, []    # hits: clicks whose panel shows the row aimed at
         for c in range(clicks):
-            p = page.evaluate(POINT, (c * 7919) % n)
+            j = (c * 7919) % n
+            p = page.evaluate(POINT, j) if coords is None else _webgl_point(coords, j, box)
             page.mouse.move(p["x"] + 20, p["y"] + 20)
             page.mouse.move(p["x"], p["y"], steps=3)
             page.wait_for_timeout(300)                      # plotly's hover settles (its click reports the hover)
@@ -129,7 +176,11 @@ def measure(browser, n: int, k: int, clicks: int, work: Path, full_hover: bool =
             page.wait_for_function(NEIGHBOURS_SHOWN, arg=[k, prev], polling="raf", timeout=120_000)
             times.append(time.perf_counter() - t)
             prev = page.evaluate(QUERY_ROW)
-        return {"visible_s": drawn - t0, "click_s": times}
+            hits += prev == str(j)
+            if coords is not None:   # how far (px) the row the panel shows is drawn from the point aimed at
+                q = _webgl_point(coords, int(prev), box)
+                miss.append(((q["x"] - p["x"]) ** 2 + (q["y"] - p["y"]) ** 2) ** 0.5)
+        return {"visible_s": drawn - t0, "click_s": times, "backend": used, "hits": hits, "miss_px": miss}
     finally:
         if page is not None:
             page.close()
@@ -149,6 +200,7 @@ def main() -> None:
     ap.add_argument("--clicks", type=int, default=5)
     ap.add_argument("--k", type=int, default=8)
     ap.add_argument("--work", default="/tmp/cliptk-bench-export")
+    ap.add_argument("--backend", default="auto", choices=["auto", "plotly", "webgl"], help="the Explorer's plot")
     ap.add_argument("--compare", action="store_true",
                     help="also measure each size with every point's metadata in its hover label (the old explorer)")
     args = ap.parse_args()
@@ -161,19 +213,24 @@ def main() -> None:
         browser = pw.chromium.launch(executable_path=str(CHROMIUM), args=CHROMIUM_ARGS, headless=True)
         for n in [int(s) for s in args.sizes.split(",") if s]:
             for full in ([True, False] if args.compare else [False]):
-                r = measure(browser, n, args.k, args.clicks, Path(args.work), full_hover=full)
+                r = measure(browser, n, args.k, args.clicks, Path(args.work), full_hover=full, backend=args.backend)
                 rows.append((n, full, r))
                 print(f"{n} points{' (full hover labels)' if full else ''}: plot visible {r['visible_s']:.2f} s after the cell started; clicks "
-                      f"{[round(t, 2) for t in r['click_s']]} s", flush=True)
+                      f"{[round(t, 2) for t in r['click_s']]} s ({r['hits']} of {args.clicks} on the row aimed at, "
+                      "the others on a point drawn over it"
+                      + (f"; shown rows drawn {max(r['miss_px']):.1f} px or less from the aim" if r["miss_px"] else "")
+                      + ")", flush=True)
         browser.close()
     print(f"\nct.Explorer in JupyterLab, headless Chromium ({os.cpu_count()} cores)")
-    print("| points | hover labels | plot visible s after the cell starts (goal <= 5) "
+    print("| points | plot | hover labels | plot visible s after the cell starts (goal <= 5) "
           "| click to neighbours s, median / max (goal <= 1) |")
-    print("| --- | --- | --- | --- |")
+    print("| --- | --- | --- | --- | --- |")
     for n, full, r in rows:
         c = sorted(r["click_s"])
-        label = "all metadata (before)" if full else ("row only" if n > LARGE_FIGURE else "all metadata")
-        print(f"| {n:,} | {label} | {r['visible_s']:.2f} | {c[len(c) // 2]:.2f} / {c[-1]:.2f} |")
+        label = ("all metadata (before)" if full else "pid, camid, split" if r["backend"] == "webgl"
+                 else "row only" if n > LARGE_FIGURE else "all metadata")
+        plot = "jupyter-scatter (WebGL)" if r["backend"] == "webgl" else "plotly FigureWidget"
+        print(f"| {n:,} | {plot} | {label} | {r['visible_s']:.2f} | {c[len(c) // 2]:.2f} / {c[-1]:.2f} |")
 
 
 if __name__ == "__main__":

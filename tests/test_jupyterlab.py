@@ -187,6 +187,11 @@ ct.viz.batch_inspector([random_batch, unique_batch])""",
 comparison.widget(k=4)""",
     """saliency = sanity.compare_saliency(tuned, 0, 0, dataset=(query, gallery), steps=3, n_random=1)
 saliency.figure()""",
+    """import numpy as np
+coords = np.random.default_rng(1).uniform(-1, 1, size=(len(test), 2)).astype(np.float32)   # spread: no overlaps
+print(f"webgl rows={len(test)}")
+webgl = ct.Explorer(ct.embed(zero_shot, test), test, projection=coords, k=4, backend="webgl")
+webgl""",
 ]
 
 # an output area by a snippet of its cell's source, and a plotly div in it by its title's start (a string) or by
@@ -238,6 +243,46 @@ WIDGET_TEXT = "(snippet) => {" + OUTPUT_JS + """
   const out = outputOf(snippet);
   return out ? Array.from(out.querySelectorAll('.widget-html')).map(h => h.textContent).join(' | ') : null;
 }"""
+
+
+def _webgl_explorer_click(page) -> None:
+    """The teaching notebook's last cell: ``ct.Explorer(..., backend="webgl")`` on spread-out coordinates."""
+    import io
+
+    import numpy as np
+    from PIL import Image
+
+    snippet = 'backend="webgl"'
+    cell = page.locator(".jp-CodeCell", has_text=snippet)
+    canvas = cell.locator(".jp-OutputArea canvas").first
+    canvas.wait_for(timeout=CLICK_S * 1000)
+    canvas.scroll_into_view_if_needed()
+    n = int(re.search(r"webgl rows=(\d+)", cell.locator(".jp-OutputArea").inner_text()).group(1))
+    coords = np.random.default_rng(1).uniform(-1, 1, size=(n, 2)).astype(np.float32)   # as the cell draws them
+    deadline = time.monotonic() + CLICK_S
+    while True:   # painted: points (dark pixels) on the white canvas
+        px = np.asarray(Image.open(io.BytesIO(canvas.screenshot())).convert("L"))
+        if (px < 200).sum() > 10 * n:
+            break
+        assert time.monotonic() < deadline, "jupyter-scatter's canvas stayed blank"
+        page.wait_for_timeout(300)
+    box = canvas.bounding_box()
+    # regl-scatterplot's default view: x, y scaled min-max to [-1, 1], the square [-1, 1]^2 fills the canvas height
+    ndc = 2 * (coords - coords.min(0)) / (coords.max(0) - coords.min(0)) - 1
+    half = min(box["width"], box["height"]) / 2
+    xy = np.c_[box["x"] + box["width"] / 2 + ndc[:, 0] * half, box["y"] + box["height"] / 2 - ndc[:, 1] * half]
+    gap = np.linalg.norm(xy[:, None] - xy[None], axis=-1) + np.eye(n) * 1e9
+    j = int(gap.min(1).argmax())   # the loneliest point: the click cannot land on another
+    assert gap[j].min() > 6, gap[j].min()
+    x, y = (float(v) for v in xy[j])
+    page.mouse.move(x + 15, y + 15)
+    page.mouse.move(x, y, steps=3)
+    page.mouse.click(x, y)
+    page.wait_for_function(f"([s, j]) => ({WIDGET_TEXT})(s)?.includes(`row ${{j}}pid`)", arg=[snippet, j],
+                           timeout=CLICK_S * 1000, polling=300)
+    text = page.evaluate(WIDGET_TEXT, snippet)
+    assert re.search(rf"Row {j}: \d of 4 nearest neighbours share its identity", text), text
+    _shoot(page, snippet, "explorer_webgl.png")
 
 
 def _write_notebook(path: Path, cells: list[str]) -> None:
@@ -544,6 +589,10 @@ def test_teaching_views_in_jupyterlab(browser, lab):
         view = ["saliency.figure()", "cos(A, B)"]
         page.wait_for_function(f"(a) => ({VIEW_STATE})(a) !== null", arg=view, timeout=CLICK_S * 1000, polling=500)
         _shoot(page, "saliency.figure()", "saliency_sanity.png")
+
+        # 5. the explorer's WebGL plot (jupyter-scatter, used above LARGE_FIGURE points): it paints, and a click on a
+        # point reaches the kernel and fills the neighbour panel with that row's neighbours
+        _webgl_explorer_click(page)
         if page_errors:
             print("page errors (not failing the test):", *page_errors, sep="\n  ")
         assert "Error displaying widget" not in page.locator("body").inner_text()

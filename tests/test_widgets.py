@@ -195,7 +195,7 @@ def test_large_explorer_hover_says_only_the_row_and_colours_are_numbers(toy, mon
     strings = plot_embeddings(proj, ds, color_by="pid", max_legend=3).data[0]   # 6 pids > 3: cycled colours
     monkeypatch.setattr(figures, "LARGE_FIGURE", 10)
     monkeypatch.setattr(explorer_mod, "LARGE_FIGURE", 10)
-    big = Explorer(emb, ds, proj, k=K, color_by="team")
+    big = Explorer(emb, ds, proj, k=K, color_by="team", backend="plotly")
     for tr in big.figure.data[:-1]:
         assert list(tr.text) == [f"<b>row {r}</b>" for r in figures.trace_rows(tr)]
     assert all("camid" in t for tr in small.figure.data[:-1] for t in tr.text)   # below the limit: all metadata
@@ -209,3 +209,65 @@ def test_large_explorer_hover_says_only_the_row_and_colours_are_numbers(toy, mon
     np.testing.assert_array_equal(figures.trace_rows(numbers), figures.trace_rows(strings))
     for v, want in zip(values, strings.marker.color):   # the scale's step that holds each value
         assert [c for (lo, c), (hi, _) in zip(scale[::2], scale[1::2]) if lo <= v <= hi] == [want]
+
+
+def test_auto_backend_is_webgl_above_large_figure_in_2d_only(toy, monkeypatch):
+    import cliptk.widgets.explorer as explorer_mod
+
+    ds, emb, proj = toy
+    assert Explorer(emb, ds, proj, k=K).backend == "plotly"          # 30 points: plotly
+    monkeypatch.setattr(explorer_mod, "LARGE_FIGURE", 10)
+    big = Explorer(emb, ds, proj, k=K)
+    assert big.backend == "webgl" and big.figure is None
+    assert big.widget.children[0].children[0] is big.scatter.view
+    assert Explorer(emb, ds, project(emb, "pca", 3), k=K).backend == "plotly"   # jupyter-scatter is 2-D only
+    with pytest.raises(ValueError, match="2-D projections only"):
+        Explorer(emb, ds, project(emb, "pca", 3), k=K, backend="webgl")
+    with pytest.raises(ValueError, match="backend='bokeh'"):
+        Explorer(emb, ds, proj, k=K, backend="bokeh")
+    monkeypatch.setattr(explorer_mod, "available", lambda: False)     # a trimmed install without jupyter-scatter
+    assert Explorer(emb, ds, proj, k=K).backend == "plotly"
+
+
+def test_webgl_click_and_lasso_reach_the_panels(toy):
+    """jupyter-scatter reports a click as a one-point ``selection`` and a lasso as many: the first fills the
+    neighbour panel (exact neighbours, then outlined by selecting them from Python without re-entering the
+    handlers), the second the grid; clearing empties it."""
+    ds, emb, proj = toy
+    ex = Explorer(emb, ds, proj, k=K, color_by="pid", backend="webgl", grid_height=32)
+    w = ex.scatter.widget
+    w.selection = np.array([7])                                       # a click on row 7
+    want = reference_neighbours(emb, 7, K)
+    np.testing.assert_array_equal(ex.last_neighbours["row"], want)
+    assert len(ex.neighbour_box.children) == K
+    assert "row 7" in ex.query_box.children[0].children[1].value
+    np.testing.assert_array_equal(np.sort(w.selection), np.sort([7, *want]))   # outlined in the plot
+    assert ex.selected.size == 0 and not ex.grid.children              # the highlight was not taken for a lasso
+    w.selection = np.array([3, 12, 25])                               # a lasso
+    np.testing.assert_array_equal(ex.selected, [3, 12, 25])
+    assert len(ex.grid.children) == 3 and ex.last_neighbours["row"].tolist() == want.tolist()
+    w.selection = None                                                # a click on empty space
+    assert ex.selected.size == 0 and not ex.grid.children and ex.status.value == "Nothing selected."
+    ex.scatter.selection([12])                                        # as a user's click, from Python
+    assert ex.query_box.children[0].children[1].value.startswith("<b>row 12</b>")
+
+
+def test_webgl_colours_match_plot_embeddings(toy):
+    """Each point gets the colour plot_embeddings gives it: cycled palette categories (pid, 6 > max_legend 3
+    in plotly: one trace of colour strings), and a continuous column on the same ordering."""
+    from matplotlib.colors import to_rgba
+
+    from cliptk.viz import plot_embeddings
+
+    ds, emb, proj = toy
+    plotly_trace = plot_embeddings(proj, ds, color_by="pid", max_legend=3).data[0]
+    want = {int(r): to_rgba(c) for r, c in zip(trace_rows(plotly_trace), plotly_trace.marker.color)}
+    sc = Explorer(emb, ds, proj, k=K, color_by="pid", backend="webgl").scatter.scatter
+    enc = sc.color()
+    labels = sc._data[enc["by"]]          # the per-point category the widget colours by
+    got = np.array([enc["map"][labels.cat.categories.get_loc(labels.iat[r])] for r in range(len(ds))])
+    np.testing.assert_allclose(got, [want[r] for r in range(len(ds))])
+    assert len({tuple(c) for c in got}) == 6
+    loss = np.linspace(0, 1, len(ds))
+    sc = Explorer(emb, ds, proj, k=K, color_by=loss, backend="webgl").scatter.scatter
+    np.testing.assert_allclose(sc._data[sc.color()["by"]], loss)

@@ -13,6 +13,10 @@ ipywidgets. What the current plotly does, and how :class:`Explorer` copes:
   :data:`cliptk.viz.figures.LARGE_FIGURE` points hover shows only the row (the metadata of every
   point would be most of what the page is sent), and the click shows the rest.
 
+Above :data:`cliptk.viz.figures.LARGE_FIGURE` points in 2-D the plot is a jupyter-scatter WebGL
+widget instead (:mod:`cliptk.widgets.webgl_scatter`, ``backend="auto"``): plotly's FigureWidget
+takes seconds to serialise and validate 100k points. The panels and methods are the same.
+
 The handlers are plain methods (:meth:`Explorer.on_click`, :meth:`Explorer.on_selection`,
 :meth:`Explorer.select`, :meth:`Explorer.show_neighbours`), so tests and scripts can drive the app
 without a browser.
@@ -39,6 +43,7 @@ from ..data import ReIdDataset
 from ..metrics import NeighbourIndex
 from ..viz import ArrayLike, plot_embeddings, project, trace_rows
 from ..viz.figures import LARGE_FIGURE, check_dataset
+from .webgl_scatter import WebGLScatter, available
 
 __all__ = ["Explorer"]
 
@@ -63,23 +68,29 @@ class Explorer:
         thumb_height: pixel height of the clicked image and neighbour thumbnails.
         grid_height: pixel height of the selection grid's thumbnails.
         max_grid: most thumbnails shown for a selection (the count of all is reported).
+        backend: ``"plotly"`` (a ``FigureWidget``), ``"webgl"`` (jupyter-scatter, 2-D only) or
+            ``"auto"``: webgl above :data:`cliptk.viz.figures.LARGE_FIGURE` points in 2-D when
+            jupyter-scatter is installed, else plotly.
 
     Attributes:
         figure: the ``FigureWidget`` (a plain ``go.Figure`` if anywidget is missing: then clicks do
-            nothing in the browser, but the methods still work).
+            nothing in the browser, but the methods still work); ``None`` with the webgl backend.
+        scatter: the :class:`~cliptk.widgets.webgl_scatter.WebGLScatter` with the webgl backend, else ``None``.
+        backend: the backend in use (``"plotly"`` or ``"webgl"``).
         widget: the whole app (an ``ipywidgets.VBox``); displaying the explorer displays it.
         query_box, neighbour_box, grid, status: the panels, for tests and custom layouts.
         selected: the rows of the current selection.
         last_neighbours: the table of the last :meth:`show_neighbours` call.
 
     Raises:
-        ValueError: the dataset and embeddings have different row counts, or ``k`` is not in
-            ``[1, N - 1]``.
+        ValueError: the dataset and embeddings have different row counts, ``k`` is not in
+            ``[1, N - 1]``, or ``backend`` is unknown or ``"webgl"`` for a 3-D projection.
     """
 
     def __init__(self, embeddings: ArrayLike, dataset: ReIdDataset, projection: ArrayLike | None = None, k: int = 8, *,
                  color_by: str | ArrayLike | None = "pid", method: str = "umap", n_components: int = 2,
-                 seed: int | None = 0, thumb_height: int = 96, grid_height: int = 64, max_grid: int = 60):
+                 seed: int | None = 0, thumb_height: int = 96, grid_height: int = 64, max_grid: int = 60,
+                 backend: str = "auto"):
         x = as_rows(embeddings, "embeddings", np.float32)
         n = x.shape[0]
         check_dataset(dataset, n)
@@ -92,37 +103,19 @@ class Explorer:
         self.thumb_height, self.grid_height, self.max_grid = thumb_height, grid_height, max_grid
         self.projection = (project(x, method, n_components, seed=seed) if projection is None
                            else as_rows(projection, "projection", np.float32))
-        large = n > LARGE_FIGURE   # hover labels then say only "row N" (a click shows the metadata)
-        fig = plot_embeddings(x, dataset, color_by, projection=self.projection, hover_columns=[] if large else None)
-        fig.update_layout(dragmode="lasso", height=520, width=700, margin=dict(l=10, r=10, t=20, b=10))
-        three = self.projection.shape[1] == 3
-        ring = dict(size=14, color="rgba(0,0,0,0)", line=dict(width=2, color="black"))
-        highlight = (go.Scatter3d(x=[], y=[], z=[], customdata=[], mode="markers", marker=ring, name="neighbours",
-                                  hoverinfo="skip", showlegend=False) if three else
-                     go.Scatter(x=[], y=[], customdata=[], mode="markers", marker=ring, name="neighbours",
-                                hoverinfo="skip", showlegend=False))
-        fig.add_trace(highlight)
-        try:
-            self.figure: Any = go.FigureWidget(fig)
-            interactive = True
-        except ImportError:  # plotly >= 6.1 needs anywidget for FigureWidget
-            warnings.warn("Explorer: plotly's FigureWidget needs the 'anywidget' package (pip install anywidget); "
-                          "showing a static figure: clicks and selections will not reach Python", stacklevel=2)
-            self.figure, interactive = fig, False
         self._selection_parts: dict[int, np.ndarray] = {}
         self._thumbs: dict[tuple[int, int], bytes] = {}
         self.selected = np.zeros(0, dtype=np.int64)
         self.last_neighbours: pd.DataFrame | None = None
-        if interactive:
-            for tr in self.figure.data:
-                tr.on_click(self.on_click)
-                tr.on_selection(self.on_selection)
-                tr.on_deselect(self.on_deselect)
-            plot = self.figure
+        self.backend = self._pick_backend(backend, n, self.projection.shape[1])
+        self.figure: Any = None
+        self.scatter: WebGLScatter | None = None
+        if self.backend == "webgl":
+            self.scatter = WebGLScatter(self.projection, dataset, color_by, embeddings=x,
+                                        on_click=self.show_neighbours, on_select=self.select)
+            plot = self.scatter.view
         else:
-            plot = widgets.Output()
-            with plot:
-                fig.show()
+            plot = self._plotly(x, dataset, color_by, n > LARGE_FIGURE)
         self.status = widgets.HTML("Click a point to see its image and nearest neighbours; "
                                    "lasso or box-select to fill the grid below.")
         self.query_box = widgets.VBox(layout=widgets.Layout(min_width="160px", padding="4px"))
@@ -139,6 +132,44 @@ class Explorer:
             widgets.HTML("<b>selection</b>"),
             self.grid,
         ])
+
+    @staticmethod
+    def _pick_backend(backend: str, n: int, dims: int) -> str:
+        if backend not in ("auto", "plotly", "webgl"):
+            raise ValueError(f"Explorer: backend={backend!r}; use 'auto', 'plotly' or 'webgl'")
+        if backend == "webgl" and dims != 2:
+            raise ValueError(f"Explorer: backend='webgl' draws 2-D projections only (this one has {dims} "
+                             "components); use backend='plotly' or n_components=2")
+        if backend == "auto":
+            return "webgl" if n > LARGE_FIGURE and dims == 2 and available() else "plotly"
+        return backend
+
+    def _plotly(self, x: np.ndarray, dataset: ReIdDataset, color_by: Any, large: bool) -> Any:
+        """The plotly plot (a ``FigureWidget`` with click / selection callbacks) and what to display."""
+        fig = plot_embeddings(x, dataset, color_by, projection=self.projection, hover_columns=[] if large else None)
+        fig.update_layout(dragmode="lasso", height=520, width=700, margin=dict(l=10, r=10, t=20, b=10))
+        three = self.projection.shape[1] == 3
+        ring = dict(size=14, color="rgba(0,0,0,0)", line=dict(width=2, color="black"))
+        highlight = (go.Scatter3d(x=[], y=[], z=[], customdata=[], mode="markers", marker=ring, name="neighbours",
+                                  hoverinfo="skip", showlegend=False) if three else
+                     go.Scatter(x=[], y=[], customdata=[], mode="markers", marker=ring, name="neighbours",
+                                hoverinfo="skip", showlegend=False))
+        fig.add_trace(highlight)
+        try:
+            self.figure = go.FigureWidget(fig)
+        except ImportError:  # plotly >= 6.1 needs anywidget for FigureWidget
+            warnings.warn("Explorer: plotly's FigureWidget needs the 'anywidget' package (pip install anywidget); "
+                          "showing a static figure: clicks and selections will not reach Python", stacklevel=3)
+            self.figure = fig
+            out = widgets.Output()
+            with out:
+                fig.show()
+            return out
+        for tr in self.figure.data:
+            tr.on_click(self.on_click)
+            tr.on_selection(self.on_selection)
+            tr.on_deselect(self.on_deselect)
+        return self.figure
 
     # --- display -----------------------------------------------------------------------------
     def _ipython_display_(self) -> None:
@@ -243,15 +274,22 @@ class Explorer:
                        f"(pid {r.pid})", bool(r.same_identity))
             for r in table.itertuples()]
         rows = np.concatenate([[index], table["row"].to_numpy()])
+        if self.scatter is not None:
+            self.scatter.highlight(rows)
+        else:
+            self._ring(rows)
+        same = int(table["same_identity"].sum())
+        self.status.value = f"Row {index}: {same} of {len(table)} nearest neighbours share its identity."
+        return table
+
+    def _ring(self, rows: np.ndarray) -> None:
+        """Ring ``rows`` in the plotly figure (its last trace)."""
         hl = self.figure.data[-1]
         p = self.projection[rows]
         update = dict(x=p[:, 0], y=p[:, 1], customdata=rows[:, None])
         if p.shape[1] == 3:
             update["z"] = p[:, 2]
         hl.update(**update)
-        same = int(table["same_identity"].sum())
-        self.status.value = f"Row {index}: {same} of {len(table)} nearest neighbours share its identity."
-        return table
 
     # --- helpers -------------------------------------------------------------------------------
     def _check_row(self, index: Any) -> int:
