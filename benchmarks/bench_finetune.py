@@ -4,7 +4,8 @@ Prints, for the bundled tiny CLIP on the synthetic players (2 CPU threads by def
 config's model and data (``--config``, ``--model``, ``--pretrained``):
 
 1. zero-shot mAP / rank-1 on the query/gallery split;
-2. the same after fine-tuning with ``configs/cpu_tiny.yaml`` within ``--minutes``, and the wall time;
+2. the same after fine-tuning with ``configs/clip_reident_tiny.yaml`` (the paper's recipe; default) within
+   ``--minutes``, and the wall time;
    with ``--scratch`` (the default) also the same config, budget and seed from a random-init model
    of the same architecture (does pre-training matter?);
 3. training throughput (images/s) of :func:`cliptk.train.fit` divided by that of a bare
@@ -23,10 +24,9 @@ config's model and data (``--config``, ``--model``, ``--pretrained``):
 Targets: fine-tuned mAP >= 0.90 and >= 10 points above zero-shot within 5 minutes; throughput
 ratio >= 0.95.
 
-Measured (2 otherwise idle CPU cores, configs/cpu_tiny.yaml: batch 64 pairs of whole kits, the
-top 3 of 4 blocks re-initialised, logit scale started at 50, lr 1e-3 -> 1e-4, 10 epochs = 600
-steps, flip-averaged test embeddings): see benchmarks/RESULTS.md and the README's table, which
-also hold the scores without flip averaging and the ablation of each setting.
+Measured: see benchmarks/RESULTS.md, the README's table and the bundled model's card
+(``data/models/cliptk-tiny-synthetic-players.md``); ``--config configs/cpu_tiny.yaml`` runs the
+ablation's kit-batch / re-initialised-blocks variant.
 
     python benchmarks/bench_finetune.py                         # the embedded default
     python benchmarks/bench_finetune.py --minutes 3 --ratio-steps 20
@@ -141,7 +141,7 @@ def print_throughput(cfg, fit_ips: float, bare_ips: float, rates: dict[str, list
 
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    ap.add_argument("--config", default=str(ROOT / "configs" / "cpu_tiny.yaml"))
+    ap.add_argument("--config", default=str(ROOT / "configs" / "clip_reident_tiny.yaml"))
     ap.add_argument("--model", default=None, help="override the config's model (e.g. cliptk-tiny)")
     ap.add_argument("--pretrained", default=None, help="override the config's weights (tag, file, or none)")
     ap.add_argument("--minutes", type=float, default=5.0, help="fine-tuning time budget")

@@ -164,7 +164,7 @@ def build_parser() -> argparse.ArgumentParser:
     demo.add_argument("--pretrained", default=None,
                       help="open_clip tag or checkpoint file; with --model, omit or 'none' for random init")
     demo.add_argument("--finetuned", default=None, help="fine-tuned weights to load instead of fine-tuning")
-    demo.add_argument("--config", default="cpu_tiny", help="the recipe: a shipped config's name or a YAML path")
+    demo.add_argument("--config", default="clip_reident_tiny", help="the recipe: a shipped config's name or a YAML path")
     demo.add_argument("--device", default="auto", help="auto (CUDA when present), cpu, cuda, cuda:1 ...")
     demo.add_argument("--minutes", type=float, default=None, help="fine-tuning budget (default: the config's epochs)")
     demo.add_argument("--top-channels", type=_top_channels, default="auto",

@@ -2,7 +2,7 @@
 
 ``run_demo()`` reads the data (default: generates the synthetic players), evaluates the model
 zero-shot (re-id mAP / rank-k, and shirt-number probing when the data has a number column),
-fine-tunes it with the CLIP-ReIdent recipe (``configs/cpu_tiny.yaml`` by default) or loads a
+fine-tunes it with the CLIP-ReIdent recipe (``configs/clip_reident_tiny.yaml`` by default) or loads a
 fine-tuned checkpoint, evaluates again, compares the two query by query, projects both embeddings,
 explains pairs with Score-CAM, and writes ``report.html`` (self-contained) plus the checkpoint.
 While it trains, a :class:`cliptk.train.Timelapse` records a probe of held-out images before
@@ -59,7 +59,7 @@ def _row(name: str, result, probe=None) -> dict:
 
 def run_demo(out: Path = Path("runs/demo"), data: str | Path | None = None, minutes: float | None = None,
              finetune: bool = True, say: Callable[[str], None] = print, *, model: str | None = None,
-             pretrained: str | None = None, config: str | Path = "cpu_tiny", finetuned: str | Path | None = None,
+             pretrained: str | None = None, config: str | Path = "clip_reident_tiny", finetuned: str | Path | None = None,
              device: str = "auto", top_channels: int | float | str | None = "auto") -> pd.DataFrame:
     """Run the story; return the metrics table (one row per model state).
 

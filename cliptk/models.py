@@ -550,12 +550,11 @@ def reinit_top_blocks(model: ClipModel, n: int) -> ClipModel:
 
     A fine-tuning option ("re-initialise the top layers", Zhang et al., "Revisiting Few-sample BERT
     Fine-tuning", ICLR 2021): the top layers of a pre-trained tower are the most specific to its
-    pre-training objective. cliptk's bundled tiny CLIP was trained to put every image with the same
-    caption (jersey colour and number) together, so its top blocks discard exactly the cues re-id
-    needs (shoes, socks, hair, skin); keeping the lower blocks (colours, edges, digit strokes) and
-    re-learning the top ones fine-tunes faster than keeping all of them or none (measured in
-    ``benchmarks/bench_finetune.py``; see ``configs/cpu_tiny.yaml``). A CLIP trained on web
-    captions (e.g. ``ViT-L-14``/``openai``) keeps such detail; the paper's recipe re-initialises nothing.
+    pre-training objective; when that objective discarded the cues re-id needs (a CLIP trained on
+    captions that name only kit colour and number), keeping the lower blocks and re-learning the top
+    ones can fine-tune faster than keeping all of them. The paper's recipe re-initialises nothing, and
+    on the bundled tiny CLIP (pre-trained on varied alt-text-like captions) neither does
+    ``configs/clip_reident_tiny.yaml``; ``configs/cpu_tiny.yaml`` keeps the option for the ablation.
 
     What is re-initialised, the way open_clip initialises a fresh tower (PyTorch's module defaults):
     ViT: the last ``n`` residual blocks, ``ln_post`` and the projection (if kept; ``width**-0.5``
