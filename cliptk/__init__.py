@@ -22,6 +22,15 @@ from __future__ import annotations
 import importlib
 from typing import Any
 
+import pandas as _pd
+
+# File names that are not valid UTF-8 reach Python as surrogate-escaped strings (os.fsdecode), and the
+# tables of cliptk's datasets hold them. pandas 3 stores strings in pyarrow when pyarrow is installed
+# (jupyter-scatter, a dependency, needs it), and pyarrow cannot hold a surrogate: reading such a folder
+# or manifest, or building its table, would raise UnicodeEncodeError. Python-backed strings (pandas'
+# behaviour without pyarrow) hold them; this is a process-wide pandas option, set once here.
+_pd.set_option("mode.string_storage", "python")
+
 from .embed import embed, embed_texts
 from .evaluate import evaluate, zero_shot_probe
 
